@@ -1,0 +1,112 @@
+"""File names and S3 keys, as fixed by the contract.
+
+Amplitude's zip member `<pid>/<pid>_<YYYY-MM-DD>_<H>#<n>.json.gz` becomes the local file
+`<json_data>/<pid>/<YYYY-MM-DD>/<pid>_<YYYY-MM-DD>_<H>#<n>.json` and the S3 key
+`<prefix>/<pid>/<YYYY-MM-DD>/<pid>_<YYYY-MM-DD>_<H>#<n>.json` (plus `.gz` with S3_GZIP).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+_NAME = re.compile(
+    r"(?P<project>\d+)_(?P<date>\d{4}-\d{2}-\d{2})_(?P<hour>\d{1,2})#(?P<shard>\d+)\.json"
+)
+# Prefix of the folders and files that are being written and must be ignored by readers.
+TEMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True, order=True)
+class ExportFile:
+    """One shard of one hour of one project's export."""
+
+    date: str  # YYYY-MM-DD
+    hour: int  # 0-23, UTC hour of server_upload_time
+    shard: int
+    project: str
+
+    @property
+    def filename(self) -> str:
+        return f"{self.project}_{self.date}_{self.hour}#{self.shard}.json"
+
+    @property
+    def relpath(self) -> str:
+        """Path relative to json_data/, with `/` separators."""
+        return f"{self.project}/{self.date}/{self.filename}"
+
+    @property
+    def hour_start(self) -> datetime:
+        return datetime.strptime(self.date, "%Y-%m-%d").replace(hour=self.hour, tzinfo=UTC)
+
+
+def _match(name: str, suffix: str) -> ExportFile | None:
+    m = _NAME.fullmatch(name[: -len(suffix)] + ".json" if suffix else name)
+    if m is None or int(m["hour"]) > 23:
+        return None
+    try:
+        datetime.strptime(m["date"], "%Y-%m-%d")
+    except ValueError:
+        return None
+    return ExportFile(m["date"], int(m["hour"]), int(m["shard"]), m["project"])
+
+
+def parse_member(name: str) -> ExportFile | None:
+    """Parse a zip member name `<pid>/<pid>_<date>_<H>#<n>.json.gz`; None if it is not one."""
+    parts = name.split("/")
+    if len(parts) != 2 or not parts[1].endswith(".json.gz"):
+        return None
+    found = _match(parts[1], ".json.gz")
+    return found if found is not None and found.project == parts[0] else None
+
+
+def parse_relpath(relpath: str) -> ExportFile | None:
+    """Parse `<pid>/<date>/<pid>_<date>_<H>#<n>.json` (json_data/-relative); None otherwise."""
+    parts = relpath.replace("\\", "/").split("/")
+    if len(parts) != 3 or not parts[2].endswith(".json"):
+        return None
+    found = _match(parts[2], "")
+    if found is None or found.project != parts[0] or found.date != parts[1]:
+        return None
+    return found
+
+
+def local_path(root: Path, f: ExportFile) -> Path:
+    return root / f.project / f.date / f.filename
+
+
+def s3_key(prefix: str, f: ExportFile, gzip: bool = False) -> str:
+    key = f"{prefix}/{f.relpath}" if prefix else f.relpath
+    return key + ".gz" if gzip else key
+
+
+def parse_key(prefix: str, key: str) -> tuple[ExportFile, bool] | None:
+    """Parse an S3 key under `prefix`: (file, is_gzip), or None if it is not in the layout."""
+    head = f"{prefix}/" if prefix else ""
+    if not key.startswith(head):
+        return None
+    rel = key[len(head) :]
+    gz = rel.endswith(".json.gz")
+    found = parse_relpath(rel[:-3] if gz else rel)
+    return (found, gz) if found is not None else None
+
+
+def scan_local(root: Path) -> list[tuple[ExportFile, Path]]:
+    """Every export file under `root`, in time order; temporary names are not included."""
+    found: list[tuple[ExportFile, Path]] = []
+    if not root.is_dir():
+        return found
+    for project_dir in root.iterdir():
+        if not project_dir.is_dir() or project_dir.name.startswith("."):
+            continue
+        for date_dir in project_dir.iterdir():
+            if not date_dir.is_dir():
+                continue
+            for path in date_dir.iterdir():
+                f = parse_relpath(f"{project_dir.name}/{date_dir.name}/{path.name}")
+                if f is not None and path.is_file():
+                    found.append((f, path))
+    found.sort()
+    return found

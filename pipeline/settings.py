@@ -1,0 +1,112 @@
+"""Settings: `.env` in the repo root, overridden by variables already set in the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from pipeline.errors import UsageError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+EXPORT_URLS = {
+    "us": "https://amplitude.com/api/2/export",
+    "eu": "https://analytics.eu.amplitude.com/api/2/export",
+}
+
+# Values of these settings are never printed or logged (see pipeline.logs.redact).
+SECRET_NAMES = (
+    "AMPLITUDE_API_KEY",
+    "AMPLITUDE_SECRET_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "SNOWFLAKE_PASSWORD",
+    "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE",
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Merged settings; read through the typed properties or `get`/`require`."""
+
+    values: Mapping[str, str]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = self.values.get(name)
+        return value if value not in (None, "") else default
+
+    def require(self, name: str, needed_for: str = "this command") -> str:
+        value = self.get(name)
+        if value is None:
+            raise UsageError(
+                f"{name} is not set: add it to .env (see .env.example); {needed_for} needs it"
+            )
+        return value
+
+    def secrets(self) -> list[str]:
+        """The secret values present, for redaction."""
+        return [v for n in SECRET_NAMES if (v := self.get(n))]
+
+    @property
+    def log_level(self) -> str:
+        return (self.get("LOG_LEVEL", "INFO") or "INFO").upper()
+
+    @property
+    def json_data_dir(self) -> Path:
+        return Path(self.get("JSON_DATA_DIR", "json_data") or "json_data")
+
+    @property
+    def s3_bucket(self) -> str | None:
+        return self.get("S3_BUCKET")
+
+    @property
+    def s3_prefix(self) -> str:
+        return (self.get("S3_PREFIX", "amplitude") or "").strip("/")
+
+    @property
+    def s3_gzip(self) -> bool:
+        return self.flag("S3_GZIP")
+
+    @property
+    def kms_key_id(self) -> str | None:
+        return self.get("KMS_KEY_ID")
+
+    @property
+    def export_url(self) -> str:
+        override = self.get("AMPLITUDE_EXPORT_URL")
+        if override:
+            return override
+        region = (self.get("AMPLITUDE_REGION", "us") or "us").lower()
+        if region not in EXPORT_URLS:
+            raise UsageError(f"AMPLITUDE_REGION is {region!r}: set it to 'us' or 'eu'")
+        return EXPORT_URLS[region]
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        raw = (self.get(name) or "").strip().lower()
+        if raw == "":
+            return default
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        raise UsageError(f"{name} is {raw!r}: set it to true or false")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = None
+) -> Settings:
+    """Read `.env` (default: the repo root's), then let the environment win."""
+    env_file = env_file if env_file is not None else REPO_ROOT / ".env"
+    merged: dict[str, str] = {}
+    if env_file.is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ if environ is None else environ)
+    return Settings(values=merged)
