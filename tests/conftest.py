@@ -59,3 +59,9 @@ def make_settings(**values: str) -> Settings:
     merged = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     merged.update(values)
     return Settings(values=merged)
+
+
+@pytest.fixture(autouse=True)
+def _no_repo_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """In-process runs never read the developer's own .env."""
+    monkeypatch.setattr("pipeline.settings.REPO_ROOT", tmp_path / "no-repo")

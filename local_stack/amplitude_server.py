@@ -1,0 +1,184 @@
+"""A local stand-in for Amplitude's Export API, serving generated Amplitude-shaped events.
+
+It checks basic auth, honours `start` and `end` (inclusive hours), answers 404 for a window
+with no data, 400 for a window over `max_hours` (as Amplitude does past its 4 GB limit),
+and can be told to answer a queue of scripted statuses first (429 with Retry-After, 503...).
+
+    python -m local_stack.amplitude_server --port 8090 --first 20261120T00 --last 20261121T23
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import shutil
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from pipeline import sample_events
+
+
+def _hour(text: str) -> datetime:
+    return datetime.strptime(text, "%Y%m%dT%H").replace(tzinfo=UTC)
+
+
+@dataclass
+class ExportService:
+    """What the stand-in serves, and what it was asked."""
+
+    api_key: str = "demo-api-key"
+    secret_key: str = "demo-secret-key"
+    project_id: int = 123456
+    first: datetime | None = None  # data exists for hours first..last
+    last: datetime | None = None
+    events_per_hour: int = 20
+    shards: int = 2
+    empty_hours: set[datetime] = field(default_factory=set)
+    max_hours: int = 24 * 365
+    fixed_archive: Path | None = None  # serve this file for every window (benchmarks)
+    seed: int = 0
+    scripted: deque = field(default_factory=deque)  # (status, headers, body) answered first
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    events_served: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def members(self, start: datetime, end: datetime) -> list[tuple[str, list[dict]]]:
+        if self.first is None or self.last is None:
+            return []
+        lo, hi = max(start, self.first), min(end, self.last)
+        if lo > hi:
+            return []
+        return sample_events.export_members(
+            self.project_id,
+            lo,
+            hi,
+            self.events_per_hour,
+            self.shards,
+            self.empty_hours,
+            self.seed,
+        )
+
+    def expected_auth(self) -> str:
+        token = base64.b64encode(f"{self.api_key}:{self.secret_key}".encode()).decode()
+        return f"Basic {token}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        service = self.server.service
+        url = urlsplit(self.path)
+        if url.path != "/api/2/export":
+            return self._answer(404, b"not found")
+        if self.headers.get("Authorization") != service.expected_auth():
+            return self._answer(401, b"Invalid API key")
+        query = parse_qs(url.query)
+        try:
+            start, end = _hour(query["start"][0]), _hour(query["end"][0])
+        except (KeyError, ValueError):
+            return self._answer(400, b"bad start or end")
+        with service.lock:
+            service.requests.append((query["start"][0], query["end"][0]))
+            scripted = service.scripted.popleft() if service.scripted else None
+        if scripted is not None:
+            status, headers, body = scripted
+            return self._answer(status, body, headers)
+        hours = int((end - start) / timedelta(hours=1)) + 1
+        if hours > service.max_hours:
+            return self._answer(400, b"Raw data files were too large")
+        if service.fixed_archive is not None:
+            return self._send_file(service.fixed_archive)
+        members = service.members(start, end)
+        if not members:
+            return self._answer(404, b"")
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = sample_events.export_zip(Path(tmp) / "export.zip", members)
+            with service.lock:
+                service.events_served += sum(len(events) for _, events in members)
+            self._send_file(archive)
+
+    def _send_file(self, path: Path) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/zip")
+        self.send_header("Content-Length", str(path.stat().st_size))
+        self.end_headers()
+        with open(path, "rb") as src:
+            shutil.copyfileobj(src, self.wfile, 1 << 20)
+
+    def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], service: ExportService) -> None:
+        super().__init__(address, _Handler)
+        self.service = service
+
+
+@contextmanager
+def running(service: ExportService, port: int = 0) -> Iterator[str]:
+    """Serve `service` on 127.0.0.1 in a thread; yields the export URL."""
+    server = _Server(("127.0.0.1", port), service)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api/2/export"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--first", required=True, help="first hour with data, YYYYMMDDTHH")
+    parser.add_argument("--last", required=True, help="last hour with data, YYYYMMDDTHH")
+    parser.add_argument("--events-per-hour", type=int, default=20)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--empty-hour", action="append", default=[], help="YYYYMMDDTHH")
+    parser.add_argument("--api-key", default="demo-api-key")
+    parser.add_argument("--secret-key", default="demo-secret-key")
+    parser.add_argument("--archive", type=Path, help="serve this zip for every window")
+    args = parser.parse_args()
+    service = ExportService(
+        api_key=args.api_key,
+        secret_key=args.secret_key,
+        first=_hour(args.first),
+        last=_hour(args.last),
+        events_per_hour=args.events_per_hour,
+        shards=args.shards,
+        empty_hours={_hour(h) for h in args.empty_hour},
+        fixed_archive=args.archive,
+    )
+    server = _Server(("127.0.0.1", args.port), service)
+    print(f"serving http://127.0.0.1:{server.server_address[1]}/api/2/export", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

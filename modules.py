@@ -1,0 +1,137 @@
+"""Unpacking Amplitude's export: a zip of gzipped newline-delimited JSON files.
+
+Streaming throughout: each zip member is read, gunzipped and written in fixed-size chunks,
+so memory stays flat whatever the export's size. zipfile checks each member's CRC-32 and
+zlib checks each gzip member's CRC-32 and length; any mismatch or truncation raises
+`CorruptExport`. Files are staged under a temporary folder and only `commit` moves them
+into json_data/, in time order, by rename.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from pipeline.layout import ExportFile, local_path, parse_member
+
+log = logging.getLogger("pipeline.modules")
+
+CHUNK = 1 << 20  # bytes read from the archive at a time
+_GZIP = 16 + zlib.MAX_WBITS  # zlib wbits for the gzip wrapper (header and CRC-checked trailer)
+
+
+class CorruptExport(Exception):
+    """The archive or one of its members is truncated or fails its checksum."""
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    file: ExportFile
+    path: Path  # where it was staged
+    size: int  # gunzipped bytes
+    events: int  # lines
+
+
+def gunzip_stream(src: BinaryIO, dst: BinaryIO, chunk: int = CHUNK) -> tuple[int, int]:
+    """Gunzip `src` into `dst` (multi-member gzip too); return (bytes written, events).
+
+    Output is produced at most `chunk` bytes at a time, so even a highly compressed member
+    never expands in memory.
+    """
+    inflater = zlib.decompressobj(_GZIP)
+    size = events = 0
+    last = b"\n"
+    seen_input = False
+    while data := src.read(chunk):
+        seen_input = True
+        while True:
+            if inflater.eof and data:  # a further gzip member follows
+                inflater = zlib.decompressobj(_GZIP)
+            try:
+                out = inflater.decompress(data, chunk)
+            except zlib.error as exc:
+                raise CorruptExport(f"gzip data is corrupt ({exc})") from exc
+            if out:
+                dst.write(out)
+                size += len(out)
+                events += out.count(b"\n")
+                last = out[-1:]
+            if inflater.eof:
+                data = inflater.unused_data
+                if not data:
+                    break
+            else:
+                data = inflater.unconsumed_tail
+                if not data and len(out) < chunk:  # input used up, no output held back
+                    break
+    if not seen_input or not inflater.eof:
+        raise CorruptExport("gzip data is truncated")
+    if size and last != b"\n":
+        events += 1  # a last line without its newline is still an event
+    return size, events
+
+
+def unpack_archive(archive: Path, staging: Path, chunk: int = CHUNK) -> list[StagedFile]:
+    """Unpack every member of `archive` into `staging/<pid>/<date>/<name>.json`.
+
+    Raises CorruptExport if the archive or any member is damaged; the caller then discards
+    the whole staging folder, so nothing of a damaged window ever reaches json_data/.
+    """
+    staged: list[StagedFile] = []
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                found = parse_member(info.filename)
+                if found is None:
+                    if info.filename.endswith(".json.gz"):
+                        raise CorruptExport(
+                            f"member {info.filename!r} is not in Amplitude's layout"
+                        )
+                    log.warning("ignoring unexpected archive member %r", info.filename)
+                    continue
+                target = local_path(staging, found)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    try:
+                        size, events = gunzip_stream(src, dst, chunk)
+                    except CorruptExport as exc:
+                        raise CorruptExport(f"{info.filename}: {exc}") from exc
+                staged.append(StagedFile(found, target, size, events))
+    except zipfile.BadZipFile as exc:  # also raised for a member's bad CRC-32
+        raise CorruptExport(f"zip archive is corrupt ({exc})") from exc
+    except EOFError as exc:
+        raise CorruptExport(f"zip archive is truncated ({exc})") from exc
+    staged.sort(key=lambda s: s.file)
+    return staged
+
+
+def commit(
+    staged: Iterable[StagedFile],
+    root: Path,
+    keep: Callable[[StagedFile], bool] = lambda s: True,
+) -> tuple[list[StagedFile], list[StagedFile]]:
+    """Move staged files into `root` in time order (by rename); drop those `keep` refuses.
+
+    Returns (written, skipped). Renames in time order mean that a run killed half-way leaves
+    a complete prefix of hours, which the next incremental run resumes from.
+    """
+    written: list[StagedFile] = []
+    skipped: list[StagedFile] = []
+    for item in sorted(staged, key=lambda s: s.file):
+        if not keep(item):
+            item.path.unlink()
+            skipped.append(item)
+            continue
+        target = local_path(root, item.file)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(item.path, target)
+        written.append(item)
+    return written, skipped
