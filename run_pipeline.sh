@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Cron runner: extract.py, then load.py --copy, from the repo's venv.
+#
+#   15 * * * * /path/to/repo/run_pipeline.sh
+#
+# - Never runs twice at once: a second start while one runs logs "skipped" and exits 0.
+# - Logs every line with a UTC timestamp to logs/pipeline.log, rotated at 10 MB (5 kept).
+# - Exits with the failing step's status (1 failure, 2 settings), so cron mail or a monitor
+#   sees it; on failure the last log lines also go to stderr (which cron mails).
+# Settings (environment): PIPELINE_LOG_DIR, PIPELINE_LOG_MAX_BYTES, PIPELINE_LOG_KEEP,
+# PIPELINE_PYTHON, PIPELINE_LOAD_ARGS (default "--copy"; "" to upload only).
+set -uo pipefail
+cd "$(dirname "$(readlink -f "$0")")" || exit 1
+
+log_dir=${PIPELINE_LOG_DIR:-logs}
+log_file=$log_dir/pipeline.log
+max_bytes=${PIPELINE_LOG_MAX_BYTES:-10485760}
+keep=${PIPELINE_LOG_KEEP:-5}
+python=${PIPELINE_PYTHON:-.venv/bin/python}
+read -r -a load_args <<<"${PIPELINE_LOAD_ARGS---copy}"
+
+export TZ=UTC
+mkdir -p "$log_dir" || exit 1
+
+rotate() {
+  [ -f "$log_file" ] || return 0
+  [ "$(stat -c %s "$log_file")" -ge "$max_bytes" ] || return 0
+  rm -f "$log_file.$keep"
+  for ((i = keep - 1; i >= 1; i--)); do
+    [ -f "$log_file.$i" ] && mv "$log_file.$i" "$log_file.$((i + 1))"
+  done
+  mv "$log_file" "$log_file.1"
+}
+
+stamp() {
+  local line
+  while IFS= read -r line || [ -n "$line" ]; do
+    printf '%(%Y-%m-%dT%H:%M:%SZ)T %s\n' -1 "$line"
+  done
+}
+
+step() {
+  echo "run: $*" | stamp >>"$log_file"
+  "$python" "$@" 2>&1 | stamp >>"$log_file"
+  return "${PIPESTATUS[0]}"
+}
+
+exec 9>>"$log_dir/.pipeline.lock"
+if ! flock -n 9; then
+  echo "skipped: a previous run still holds $log_dir/.pipeline.lock" | stamp >>"$log_file"
+  exit 0
+fi
+
+rotate
+status=0
+step extract.py || status=$?
+if [ "$status" -eq 0 ]; then
+  step load.py "${load_args[@]}" || status=$?
+fi
+if [ "$status" -ne 0 ]; then
+  echo "failed with exit status $status" | stamp >>"$log_file"
+  tail -n 5 "$log_file" >&2
+else
+  echo "done" | stamp >>"$log_file"
+fi
+exit "$status"
