@@ -311,6 +311,16 @@ def ensure_bucket(
     s3 = clients.s3
     b = config.bucket
     exists = _bucket_exists(clients, config)
+    if exists:
+        location = _call(f"s3:GetBucketLocation {b}", s3.get_bucket_location, Bucket=b)
+        region = {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(
+            location.get("LocationConstraint"), location.get("LocationConstraint")
+        )
+        if region != config.region:
+            raise UsageError(
+                f"bucket {b} is in {region}, not {config.region}: set AWS_DEFAULT_REGION={region} "
+                "(the KMS key must be in the bucket's region)"
+            )
     out.changes.append(Change("s3 bucket", b, EXISTS if exists else CREATE, config.region))
     if not exists and apply:
         kwargs: dict[str, Any] = {"Bucket": b, "ObjectOwnership": "BucketOwnerEnforced"}

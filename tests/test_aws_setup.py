@@ -477,3 +477,22 @@ def test_rendered_documents_in_aws_dir_match_the_functions():
             f"aws/{name} is stale: run `python setup_aws.py render`"
         )
         assert text == json.dumps(document, indent=2) + "\n"
+
+
+def test_bucket_in_another_region_is_a_usage_error(clients, config):
+    clients.s3.create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    with pytest.raises(UsageError, match="is in eu-west-1, not us-east-1: set AWS_DEFAULT_REGION"):
+        aws_setup.reconcile(clients, config, apply=False)
+
+
+def test_bucket_outside_us_east_1_is_created_in_its_region(aws):
+    regional = Clients(
+        *(boto3.client(n, region_name="eu-west-1") for n in ("s3", "kms", "iam", "sts"))
+    )
+    config = Config(bucket=BUCKET, prefix="amplitude", region="eu-west-1", key_ref="alias/x")
+    aws_setup.reconcile(regional, config, apply=True)
+    location = regional.s3.get_bucket_location(Bucket=BUCKET)["LocationConstraint"]
+    assert location == "eu-west-1"
+    assert aws_setup.reconcile(regional, config, apply=False).changed == []
