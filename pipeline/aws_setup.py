@@ -237,6 +237,10 @@ def ensure_key(clients: Clients, config: Config, out: Outcome, apply: bool) -> N
         raise UsageError(
             f"KMS key {ref} is AWS-managed: set KMS_KEY_ID to a customer-managed key or an alias"
         )
+    if meta is not None and meta.get("KeySpec", "SYMMETRIC_DEFAULT") != "SYMMETRIC_DEFAULT":
+        raise UsageError(
+            f"KMS key {ref} is {meta['KeySpec']}: S3 needs a symmetric key (SYMMETRIC_DEFAULT)"
+        )
     if meta is not None and meta.get("KeyState") not in (None, "Enabled"):
         raise PipelineError(
             f"KMS key {ref} is {meta['KeyState']}: enable it, or set another KMS_KEY_ID"
@@ -727,7 +731,8 @@ def write_trust(
         )
     if not external_id.strip() or external_id == aws_policies.PLACEHOLDER_EXTERNAL_ID:
         raise UsageError(
-            "--external-id is empty: copy STORAGE_AWS_EXTERNAL_ID from DESC INTEGRATION"
+            "--external-id is empty or the placeholder: copy STORAGE_AWS_EXTERNAL_ID from "
+            "DESC INTEGRATION"
         )
     iam = clients.iam
     role = config.snowflake_role

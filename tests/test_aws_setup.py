@@ -341,7 +341,7 @@ def test_trust_command_prints_the_role_arn(aws, monkeypatch, tmp_path, capsys):
     [
         ("arn:aws:iam::12345:user/x", EXTERNAL_ID, "is not an IAM ARN"),
         ("snowflake", EXTERNAL_ID, "is not an IAM ARN"),
-        (SNOWFLAKE_USER, " ", "--external-id is empty"),
+        (SNOWFLAKE_USER, " ", "--external-id is empty or the placeholder"),
     ],
 )
 def test_trust_refuses_values_that_are_not_desc_integrations(
