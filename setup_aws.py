@@ -64,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env_file = settings.REPO_ROOT / ".env"
     current = settings.load_settings(env_file=env_file)
     configure_logging(current.log_level, current.secrets())
-    config = aws_setup.config_from_settings(current)
     clients = aws_setup.make_clients(current)
+    config = aws_setup.config_from_settings(current, clients.kms.meta.region_name)
 
     if args.command == "trust":
         change = aws_setup.write_trust(clients, config, args.snowflake_user_arn, args.external_id)

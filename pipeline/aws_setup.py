@@ -103,9 +103,10 @@ class Outcome:
         return [c for c in self.changes if c.status in (CREATE, UPDATE)]
 
 
-def config_from_settings(settings: Settings) -> Config:
+def config_from_settings(settings: Settings, session_region: str | None = None) -> Config:
+    """The settings setup_aws.py reads; the region may come from the AWS profile."""
     bucket = settings.require("S3_BUCKET", "setup_aws.py")
-    region = settings.get("AWS_DEFAULT_REGION")
+    region = settings.get("AWS_DEFAULT_REGION") or session_region
     if not region:
         raise UsageError("AWS_DEFAULT_REGION is not set: add the bucket's region to .env")
     return Config(
