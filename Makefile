@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo lint format clean
+.PHONY: test demo lint format clean aws-policies
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ test: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	@echo "make demo: not yet (see the demo issue)"
+
+# Rewrite aws/*.json (the console copies of the policies) from pipeline/aws_policies.py.
+aws-policies: $(BIN)/.installed
+	$(BIN)/python setup_aws.py render
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -1,0 +1,218 @@
+"""The IAM and bucket policy documents, as plain functions returning dicts.
+
+Least privilege: every Allow names its exact actions and resources (no `*` action or
+resource); the bucket policy only adds Deny statements. `aws/*.json` holds the same documents
+rendered with placeholders (`python setup_aws.py render`), for people who use the console.
+"""
+
+from __future__ import annotations
+
+VERSION = "2012-10-17"
+
+# Bucket-policy statements this project owns (found and replaced by Sid; others are kept).
+SID_TLS = "DenyInsecureTransport"
+SID_SSE = "DenyUploadsNotSseKms"
+SID_KEY = "DenyUploadsWithOtherKmsKey"
+BUCKET_POLICY_SIDS = (SID_TLS, SID_SSE, SID_KEY)
+
+# The storage integration's values before `setup_aws.py trust` writes the real ones.
+PLACEHOLDER_EXTERNAL_ID = "0000"
+
+# What `render` substitutes for the values only a real account knows.
+PLACEHOLDERS = {
+    "bucket": "<S3_BUCKET>",
+    "prefix": "amplitude",
+    "key_arn": "arn:aws:kms:<REGION>:<ACCOUNT_ID>:key/<KEY_ID>",
+    "alias": "alias/amplitude-export",
+    "snowflake_user_arn": "<STORAGE_AWS_IAM_USER_ARN from DESC INTEGRATION>",
+    "external_id": "<STORAGE_AWS_EXTERNAL_ID from DESC INTEGRATION>",
+}
+
+
+def bucket_arn(bucket: str) -> str:
+    return f"arn:aws:s3:::{bucket}"
+
+
+def objects_arn(bucket: str, prefix: str) -> str:
+    """The objects under the prefix (the whole bucket when the prefix is empty)."""
+    return f"arn:aws:s3:::{bucket}/{prefix}/*" if prefix else f"arn:aws:s3:::{bucket}/*"
+
+
+def key_region(key_arn: str) -> str:
+    return key_arn.split(":")[3]
+
+
+def alias_arn(key_arn: str, alias: str) -> str:
+    """`arn:aws:kms:REGION:ACCOUNT:alias/NAME` for an alias of the key's account and region."""
+    partition_service_region_account = ":".join(key_arn.split(":")[:5])
+    return f"{partition_service_region_account}:{alias}"
+
+
+def _list_prefix_statement(sid: str, bucket: str, prefix: str) -> dict:
+    statement: dict = {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": ["s3:ListBucket"],
+        "Resource": [bucket_arn(bucket)],
+    }
+    if prefix:
+        statement["Condition"] = {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}
+    return statement
+
+
+def _key_statement(sid: str, actions: list[str], key_arn: str) -> dict:
+    """Use of the key, and only through S3 (kms:ViaService) in the key's region."""
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": actions,
+        "Resource": [key_arn],
+        "Condition": {
+            "StringEquals": {"kms:ViaService": f"s3.{key_region(key_arn)}.amazonaws.com"}
+        },
+    }
+
+
+def loader_policy(bucket: str, prefix: str, key_arn: str) -> dict:
+    """What load.py and extract.py need: list the prefix, put and get objects, use the key.
+
+    AbortMultipartUpload and ListMultipartUploadParts let boto3's transfer manager clean up
+    and resume multipart uploads. No DeleteObject: `load.py --prune` deletes local files only.
+    kms:Decrypt is needed for multipart uploads too (S3 reads earlier parts' data keys).
+    """
+    return {
+        "Version": VERSION,
+        "Statement": [
+            _list_prefix_statement("ListExportPrefix", bucket, prefix),
+            {
+                "Sid": "ReadWriteExportObjects",
+                "Effect": "Allow",
+                "Action": [
+                    "s3:PutObject",
+                    "s3:GetObject",
+                    "s3:AbortMultipartUpload",
+                    "s3:ListMultipartUploadParts",
+                ],
+                "Resource": [objects_arn(bucket, prefix)],
+            },
+            _key_statement(
+                "EncryptWithExportKey",
+                ["kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt"],
+                key_arn,
+            ),
+        ],
+    }
+
+
+def snowflake_policy(bucket: str, prefix: str, key_arn: str) -> dict:
+    """What Snowflake's storage integration needs to read the export (read only).
+
+    s3:GetBucketLocation is on Snowflake's list of required permissions (it finds the bucket's
+    region with it); it cannot carry an s3:prefix condition, so it has its own statement.
+    """
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Sid": "LocateExportBucket",
+                "Effect": "Allow",
+                "Action": ["s3:GetBucketLocation"],
+                "Resource": [bucket_arn(bucket)],
+            },
+            _list_prefix_statement("ListExportPrefix", bucket, prefix),
+            {
+                "Sid": "ReadExportObjects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+                "Resource": [objects_arn(bucket, prefix)],
+            },
+            _key_statement("DecryptWithExportKey", ["kms:Decrypt"], key_arn),
+        ],
+    }
+
+
+def snowflake_trust_policy(snowflake_user_arn: str, external_id: str) -> dict:
+    """Who may assume the Snowflake role: the integration's IAM user, with its external id."""
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Sid": "SnowflakeStorageIntegration",
+                "Effect": "Allow",
+                "Principal": {"AWS": snowflake_user_arn},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"sts:ExternalId": external_id}},
+            }
+        ],
+    }
+
+
+def placeholder_trust_policy(account_id: str) -> dict:
+    """Until `trust` runs: only this account itself, with a placeholder external id.
+
+    IAM rejects a trust policy whose principal does not exist, so the placeholder names the
+    account's own root (as Snowflake's guide does); nobody outside the account can assume it.
+    """
+    return snowflake_trust_policy(f"arn:aws:iam::{account_id}:root", PLACEHOLDER_EXTERNAL_ID)
+
+
+def bucket_policy(bucket: str, key_arn: str, alias: str | None = None) -> dict:
+    """Deny anything not sent over TLS; deny uploads asking for another encryption or key.
+
+    The two encryption denies use ...IfExists: a request without the headers (every
+    multipart UploadPart, and any upload relying on the default) is encrypted by the bucket's
+    default encryption, which is SSE-KMS with this key. A request that names another
+    algorithm, or another key, is refused. The key may be named by ARN, id or alias.
+    """
+    key_names = [key_arn, key_arn.rsplit("/", 1)[-1]]
+    if alias:
+        key_names += [alias, alias_arn(key_arn, alias)]
+    objects = f"{bucket_arn(bucket)}/*"
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Sid": SID_TLS,
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [bucket_arn(bucket), objects],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            },
+            {
+                "Sid": SID_SSE,
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:PutObject",
+                "Resource": [objects],
+                "Condition": {
+                    "StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}
+                },
+            },
+            {
+                "Sid": SID_KEY,
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:PutObject",
+                "Resource": [objects],
+                "Condition": {
+                    "StringNotEqualsIfExists": {
+                        "s3:x-amz-server-side-encryption-aws-kms-key-id": key_names
+                    }
+                },
+            },
+        ],
+    }
+
+
+def console_documents() -> dict[str, dict]:
+    """The documents as `aws/` holds them: file name → document, with placeholders."""
+    p = PLACEHOLDERS
+    return {
+        "loader-policy.json": loader_policy(p["bucket"], p["prefix"], p["key_arn"]),
+        "snowflake-role-policy.json": snowflake_policy(p["bucket"], p["prefix"], p["key_arn"]),
+        "snowflake-trust-policy.json": snowflake_trust_policy(
+            p["snowflake_user_arn"], p["external_id"]
+        ),
+        "bucket-policy.json": bucket_policy(p["bucket"], p["key_arn"], p["alias"]),
+    }
