@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
@@ -64,6 +65,9 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         return main(argv)
     except PipelineError as exc:
         return _fail(str(exc), exc.exit_code, exc)
+    except BrokenPipeError:  # output piped into `head` and closed: not worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         return _fail("interrupted; rerun to resume where it stopped", 130, None)
     except Exception as exc:  # noqa: BLE001 - the last line of defence, reported in one line
