@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 import snowflake.connector.errors
 from fakesnow.cursor import FakeSnowflakeCursor
 from fakesnow.transforms import stage as fs_stage
@@ -145,7 +146,14 @@ def _copy_raw_per_file(cursor: FakeSnowflakeCursor, execute: Any, command: str, 
     scheme, _, location = url.partition("://")
     bucket = location.split("/", 1)[0]
     landing = f"{m['table']}_fakesnow_landing"
-    execute(cursor, f"CREATE TABLE IF NOT EXISTS {landing} ({m['raw']} VARIANT)")
+    # Created only when missing: fakesnow's CREATE TABLE IF NOT EXISTS clears the load history.
+    exists = cursor._duck_conn.execute(  # noqa: SLF001
+        "SELECT 1 FROM information_schema.tables WHERE upper(table_catalog) = ? "
+        "AND upper(table_schema) = ? AND upper(table_name) = ?",
+        (db, schema, landing.upper()),
+    ).fetchone()
+    if not exists:
+        execute(cursor, f"CREATE TABLE {landing} ({m['raw']} VARIANT)")
     results: list[tuple] = []
     for path in sorted(fs.find(location)):
         relative = path[len(location) :]
@@ -157,9 +165,10 @@ def _copy_raw_per_file(cursor: FakeSnowflakeCursor, execute: Any, command: str, 
                 f"FILE_FORMAT = (FORMAT_NAME = '{m['format']}')",
             )
             result = cursor.fetchall()[0]
-        except snowflake.connector.errors.ProgrammingError as exc:
+        except (snowflake.connector.errors.ProgrammingError, duckdb.Error) as exc:
+            # ON_ERROR = SKIP_FILE: nothing of this file stays loaded, the others go on.
             execute(cursor, f"DELETE FROM {landing}")
-            first_error = str(exc.msg).splitlines()[0][:200]
+            first_error = str(getattr(exc, "msg", exc)).splitlines()[0][:200]
             results.append((f"{scheme}://{path}", "LOAD_FAILED", 0, 0, 1, 1, first_error))
             continue
         if result[1] != "LOADED":

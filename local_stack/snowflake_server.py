@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import fakesnow
 import fakesnow.server
 import s3fs
+import uvicorn
 
 from local_stack.fakesnow_compat import Report, patched
 
@@ -70,10 +72,33 @@ def serve(
     duck = fakesnow.server.shared_fs.duck_conn
     duck.register_filesystem(filesystem)
     try:
-        with patched(filesystem) as report, fakesnow.server(port=port, host=host) as kwargs:
-            yield Server(host=kwargs["host"], port=kwargs["port"], report=report)
+        with patched(filesystem) as report, _uvicorn(host, port) as bound:
+            yield Server(host=host, port=bound, report=report)
     finally:
         duck.unregister_filesystem(filesystem.protocol[0])
+
+
+@contextmanager
+def _uvicorn(host: str, port: int | None) -> Iterator[int]:
+    """fakesnow's app on uvicorn in a daemon thread (as `fakesnow.server()` does; that function
+    is shadowed by the `fakesnow.server` module once the module is imported)."""
+    if not port:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    config = uvicorn.Config(fakesnow.server.app, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="fakesnow server", daemon=True)
+    thread.start()
+    while thread.is_alive() and not server.started:
+        time.sleep(0.02)
+    if not server.started:
+        raise RuntimeError(f"fakesnow server did not start on {host}:{port}")
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join()
 
 
 def main(argv: list[str] | None = None) -> int:

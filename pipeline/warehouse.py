@@ -7,6 +7,7 @@ from the SNOWFLAKE_* settings, runs it statement by statement and reports COPY's
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -79,7 +80,10 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
 
 def connect(settings: Settings) -> snowflake.connector.SnowflakeConnection:
     """Open a connection; a refused login or an unknown account becomes one clear line."""
-    kwargs = connect_kwargs(settings)
+    return _open(connect_kwargs(settings))
+
+
+def _open(kwargs: dict[str, Any]) -> snowflake.connector.SnowflakeConnection:
     log.debug("connecting to Snowflake account %s as %s", kwargs["account"], kwargs["user"])
     try:
         return snowflake.connector.connect(**kwargs)
@@ -92,12 +96,13 @@ def run_copy(settings: Settings, uploaded_keys: Sequence[str]) -> int:
 
     Returns 1 if a file failed to load (the others are loaded and merged), else 0.
     """
+    kwargs = connect_kwargs(settings)  # first: the missing setting named is a connection one
     text = LOAD_WORKSHEET.read_text(encoding="utf-8")
     values = worksheets.values_from_settings(settings, worksheets.placeholders(text), NEEDED_FOR)
     statements = worksheets.split(worksheets.render(text, values))
     files: list[FileResult] = []
     merged: int | None = None
-    with connect(settings) as conn:
+    with _open(kwargs) as conn:
         cursor = conn.cursor()
         for statement in statements:
             log.debug("running %s", statement.name)
@@ -217,7 +222,8 @@ def explain_statement(exc: SnowflakeError, name: str, settings: Settings) -> Pip
         )
     if "does not exist or not authorized" in lowered:
         return PipelineError(
-            f"Snowflake {name}: {message}: run worksheets 03 (stage) and 04 (tables) first"
+            f"Snowflake {name}: {message.rstrip('.')}; run worksheets 03 (stage) and 04 (tables) "
+            "first, with the same SNOWFLAKE_DATABASE and SNOWFLAKE_SCHEMA"
         )
     if "access denied" in lowered or "assume" in lowered or "kms" in lowered:
         return PipelineError(
@@ -232,8 +238,10 @@ def explain_statement(exc: SnowflakeError, name: str, settings: Settings) -> Pip
 
 
 def _first_line(exc: SnowflakeError) -> str:
-    text = str(getattr(exc, "msg", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The connector's message on one line (Snowflake's often start "SQL compilation error:")."""
+    text = " ".join(str(getattr(exc, "msg", None) or exc).split())
+    text = re.sub(r"^\d{6} \(\w{5}\): ", "", text)  # the connector's "002003 (02000): "
+    return text[:300] if text else type(exc).__name__
 
 
 def _column_names(cursor: Any) -> list[str]:

@@ -29,8 +29,9 @@ COPY INTO raw_events (raw, source_file)
 -- Why MERGE: it is one atomic statement, so no reader ever sees a duplicate (unlike INSERT then
 -- DELETE), it is idempotent (rerunning it inserts nothing), and events stays a plain table that
 -- is cheap to query (unlike a QUALIFY view over raw_events, which dedups on every query).
--- The QUALIFY keeps one row per uuid from the batch itself (a file loaded twice in one window),
--- which MERGE needs: two source rows with the same new uuid would both be inserted.
+-- copy_number keeps one row per uuid from the batch itself (a file loaded twice in one window),
+-- which MERGE needs: two source rows with the same new uuid would both be inserted. (A nested
+-- SELECT rather than QUALIFY: the same in Snowflake, and the local stand-in runs it too.)
 -- Only raw rows from the last day before the newest merged row are read (a cheap, pruned
 -- scan); rows loaded earlier were merged by an earlier run. To re-merge everything after a
 -- repair, drop the loaded_at condition once.
@@ -39,6 +40,7 @@ COPY INTO raw_events (raw, source_file)
 -- name: merge_events
 MERGE INTO events AS t
 USING (
+  SELECT * FROM (
   SELECT
     raw:uuid::VARCHAR AS uuid,
     raw:"$insert_id"::VARCHAR AS insert_id,
@@ -62,13 +64,16 @@ USING (
     raw:groups AS groups,
     raw,
     source_file,
-    loaded_at
+    loaded_at,
+    ROW_NUMBER() OVER (PARTITION BY raw:uuid::VARCHAR ORDER BY loaded_at, source_file)
+      AS copy_number
   FROM raw_events
   WHERE raw:uuid IS NOT NULL
     AND loaded_at >= (
       SELECT DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-01'::TIMESTAMP_NTZ)) FROM events
     )
-  QUALIFY ROW_NUMBER() OVER (PARTITION BY uuid ORDER BY loaded_at, source_file) = 1
+  )
+  WHERE copy_number = 1
 ) AS s
 ON t.uuid = s.uuid
 WHEN NOT MATCHED THEN INSERT (

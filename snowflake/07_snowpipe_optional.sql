@@ -52,6 +52,7 @@ CREATE TASK IF NOT EXISTS amplitude_merge
   AS
 MERGE INTO events AS t
 USING (
+  SELECT * FROM (
   SELECT
     raw:uuid::VARCHAR AS uuid,
     raw:"$insert_id"::VARCHAR AS insert_id,
@@ -75,13 +76,16 @@ USING (
     raw:groups AS groups,
     raw,
     source_file,
-    loaded_at
+    loaded_at,
+    ROW_NUMBER() OVER (PARTITION BY raw:uuid::VARCHAR ORDER BY loaded_at, source_file)
+      AS copy_number
   FROM raw_events
   WHERE raw:uuid IS NOT NULL
     AND loaded_at >= (
       SELECT DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-01'::TIMESTAMP_NTZ)) FROM events
     )
-  QUALIFY ROW_NUMBER() OVER (PARTITION BY uuid ORDER BY loaded_at, source_file) = 1
+  )
+  WHERE copy_number = 1
 ) AS s
 ON t.uuid = s.uuid
 WHEN NOT MATCHED THEN INSERT (
