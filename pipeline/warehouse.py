@@ -240,7 +240,7 @@ def explain_statement(exc: SnowflakeError, name: str, settings: Settings) -> Pip
 def _first_line(exc: SnowflakeError) -> str:
     """The connector's message on one line (Snowflake's often start "SQL compilation error:")."""
     text = " ".join(str(getattr(exc, "msg", None) or exc).split())
-    text = re.sub(r"^\d{6} \(\w{5}\): ", "", text)  # the connector's "002003 (02000): "
+    text = re.sub(r"^\d{6}(?: \(\w{5}\))?: ", "", text)  # the connector's "002003 (02000): "
     return text[:300] if text else type(exc).__name__
 
 

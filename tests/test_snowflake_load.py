@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import uuid
+import warnings
 from datetime import UTC, datetime
 
 import boto3
@@ -66,10 +67,23 @@ def stack(moto_server, snowflake_server, monkeypatch):
         S3_BUCKET=bucket,
         S3_PREFIX=PREFIX,
     )
-    start = len(snowflake_server.report.skipped)
+    report = snowflake_server.report
+    start = (len(report.skipped), len(report.replaced))
     yield Stack(s3, bucket, values, settings, snowflake_server)
-    skipped = snowflake_server.report.skipped[start:]
-    print(f"\nskipped on fakesnow ({len(skipped)}): {', '.join(dict.fromkeys(skipped))}")
+    skipped = ", ".join(dict.fromkeys(report.skipped[start[0] :]))
+    replaced = ", ".join(dict.fromkeys(report.replaced[start[1] :]))
+    if skipped or replaced:
+        # Shown in pytest's warnings summary on every run, not only on failure.
+        warnings.warn(
+            "fakesnow, by name (local_stack/fakesnow_compat.py): "
+            f"skipped {skipped or 'nothing'}; ran an equivalent of {replaced or 'nothing'}",
+            StandInSkipped,
+            stacklevel=1,
+        )
+
+
+class StandInSkipped(UserWarning):
+    """Statements of the worksheets that the fakesnow stand-in did not run."""
 
 
 class Stack:
