@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import os
+import subprocess
+import sys
 import uuid
 import warnings
 from datetime import UTC, datetime
@@ -21,6 +24,7 @@ from local_stack.snowflake_server import serve
 from pipeline import sample_events, worksheets
 from pipeline.errors import PipelineError, UsageError
 from pipeline.layout import parse_member, s3_key
+from pipeline.settings import REPO_ROOT
 from pipeline.warehouse import run_copy
 from tests.conftest import make_settings
 
@@ -35,8 +39,7 @@ def snowflake_server(moto_server):
         yield server
 
 
-@pytest.fixture
-def stack(moto_server, snowflake_server, monkeypatch):
+def new_stack(moto_server: str, server_settings: dict[str, str]) -> Stack:
     """A fresh bucket on moto and fresh database names on the fakesnow server."""
     n = next(_counter)
     bucket = f"amp-{n}-{uuid.uuid4().hex[:8]}"
@@ -59,7 +62,7 @@ def stack(moto_server, snowflake_server, monkeypatch):
         "aws_role_arn": "arn:aws:iam::123456789012:role/snowflake-amplitude",
     }
     settings = make_settings(
-        **snowflake_server.settings(),
+        **server_settings,
         SNOWFLAKE_ROLE=values["role"],
         SNOWFLAKE_WAREHOUSE=values["warehouse"],
         SNOWFLAKE_DATABASE=values["database"],
@@ -67,9 +70,14 @@ def stack(moto_server, snowflake_server, monkeypatch):
         S3_BUCKET=bucket,
         S3_PREFIX=PREFIX,
     )
+    return Stack(s3, bucket, values, settings, server_settings)
+
+
+@pytest.fixture
+def stack(moto_server, snowflake_server):
     report = snowflake_server.report
     start = (len(report.skipped), len(report.replaced))
-    yield Stack(s3, bucket, values, settings, snowflake_server)
+    yield new_stack(moto_server, snowflake_server.settings())
     skipped = ", ".join(dict.fromkeys(report.skipped[start[0] :]))
     replaced = ", ".join(dict.fromkeys(report.replaced[start[1] :]))
     if skipped or replaced:
@@ -87,21 +95,10 @@ class StandInSkipped(UserWarning):
 
 
 class Stack:
-    def __init__(self, s3, bucket, values, settings, server):
-        self.s3, self.bucket, self.values, self.settings, self.server = (
-            s3,
-            bucket,
-            values,
-            settings,
-            server,
-        )
+    def __init__(self, s3, bucket, values, settings, server_settings):
+        self.s3, self.bucket, self.values, self.settings = s3, bucket, values, settings
         self.conn = snowflake.connector.connect(
-            **{
-                k.removeprefix("SNOWFLAKE_").lower(): v
-                for k, v in server.settings().items()
-                if k != "SNOWFLAKE_PORT"
-            },
-            port=server.port,
+            **{k.removeprefix("SNOWFLAKE_").lower(): v for k, v in server_settings.items()},
             session_parameters={"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
         )
 
@@ -150,7 +147,9 @@ def all_uuids(members_) -> list[str]:
     return [e["uuid"] for _, events in members_ for e in events]
 
 
-def test_worksheets_load_every_event_once_and_rerun_and_reupload_add_nothing(stack):
+def test_worksheets_load_every_event_once_and_rerun_and_reupload_add_nothing(
+    stack, snowflake_server
+):
     plain = members(seed=1)
     gzipped = members(seed=2, hours=1, day=19)  # .json.gz objects load through COMPRESSION = AUTO
     stack.upload(plain)
@@ -204,9 +203,9 @@ def test_worksheets_load_every_event_once_and_rerun_and_reupload_add_nothing(sta
         )
         if s.name in fakesnow_compat.SKIPPED
     }
-    skipped = set(stack.server.report.skipped)
+    skipped = set(snowflake_server.report.skipped)
     assert expected_skips <= skipped <= set(fakesnow_compat.SKIPPED)
-    assert "copy_raw" in stack.server.report.replaced
+    assert "copy_raw" in snowflake_server.report.replaced
 
 
 def test_run_copy_loads_merges_and_reports_each_file(stack, capsys):
@@ -279,3 +278,33 @@ def test_run_copy_reports_missing_objects_in_one_line(stack):
         "(tables) first, with the same SNOWFLAKE_DATABASE and SNOWFLAKE_SCHEMA"
     )
     assert failure.value.exit_code == 1
+
+
+def test_the_server_runs_as_a_separate_process_for_load_py(moto_server):
+    """`python -m local_stack.snowflake_server`, as the local demo starts it."""
+    command = [sys.executable, "-m", "local_stack.snowflake_server", "--s3-endpoint", moto_server]
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": CREDENTIALS[0],
+        "AWS_SECRET_ACCESS_KEY": CREDENTIALS[1],
+    }
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        printed = dict(next(process.stdout).strip().split("=", 1) for _ in range(6))
+        assert printed["SNOWFLAKE_HOST"] == "127.0.0.1" and printed["SNOWFLAKE_PROTOCOL"] == "http"
+        stack = new_stack(moto_server, printed)
+        for worksheet in ("01", "02", "03", "04"):
+            stack.run(worksheet)
+        keys = stack.upload(members(seed=6, hours=1))
+        assert run_copy(stack.settings, keys) == 0
+        assert len(stack.uuids()) == len(all_uuids(members(seed=6, hours=1)))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
