@@ -6,8 +6,10 @@ matched by their `-- name:` line, and records what it did:
 
 - SKIPPED: run nothing, return one status row. Account objects and metadata fakesnow lacks.
 - EQUIVALENT: run an equivalent instead (see `_copy_raw_per_file`).
-- One fakesnow bug is worked around for every statement: it treats any `$word` in the text as a
-  session variable, even inside a quoted JSON key such as `raw:"$insert_id"`.
+- Two fakesnow bugs are worked around for every statement: it treats any `$word` in the text as
+  a session variable, even inside a quoted JSON key such as `raw:"$insert_id"`; and it lets some
+  DuckDB errors escape, which its server turns into HTTP 500s that the connector retries for
+  minutes (they become SQL errors here).
 
 Anything not named here runs on fakesnow exactly as written.
 """
@@ -105,10 +107,17 @@ def patched(filesystem: Any | None = None) -> Iterator[Report]:
             report.skipped.append(name)
             status = f"skipped on fakesnow: {name} ({SKIPPED[name]})".replace("'", "''")
             return original_execute(self, f"SELECT '{status}' AS status")
-        if name in EQUIVALENT:
-            report.replaced.append(name)
-            return _copy_raw_per_file(self, original_execute, command, filesystem)
-        return original_execute(self, command, *args, **kwargs)
+        try:
+            if name in EQUIVALENT:
+                report.replaced.append(name)
+                return _copy_raw_per_file(self, original_execute, command, filesystem)
+            return original_execute(self, command, *args, **kwargs)
+        except duckdb.Error as exc:
+            # fakesnow lets some DuckDB errors escape; its server then answers HTTP 500, which the
+            # connector retries for minutes. Report them as the SQL errors they are.
+            raise snowflake.connector.errors.ProgrammingError(
+                msg=f"fakesnow: {exc}", errno=100000, sqlstate="22000"
+            ) from exc
 
     with (
         unittest.mock.patch.object(FakeSnowflakeCursor, "execute", execute),

@@ -49,3 +49,35 @@ CREATE TABLE IF NOT EXISTS events (
   loaded_at TIMESTAMP_NTZ NOT NULL COMMENT 'UTC time of the COPY that first loaded it'
 )
 COMMENT = 'Amplitude events, one row per uuid';
+
+-- raw_events with analysts' typed columns: the projection 05's MERGE inserts into events.
+-- Timestamps use TRY_TO_TIMESTAMP_NTZ with Amplitude's format (UTC, microseconds), numbers
+-- TRY_TO_NUMBER: a bad value becomes NULL instead of failing the load.
+-- OR REPLACE: rerunning this worksheet updates the definition; the view holds no data.
+-- name: create_raw_events_typed
+CREATE OR REPLACE VIEW raw_events_typed AS
+SELECT
+  raw:uuid::VARCHAR AS uuid,
+  raw:"$insert_id"::VARCHAR AS insert_id,
+  raw:event_type::VARCHAR AS event_type,
+  TRY_TO_TIMESTAMP_NTZ(raw:event_time::VARCHAR, 'YYYY-MM-DD HH24:MI:SS.FF') AS event_time,
+  TRY_TO_TIMESTAMP_NTZ(raw:server_upload_time::VARCHAR, 'YYYY-MM-DD HH24:MI:SS.FF')
+    AS server_upload_time,
+  TRY_TO_TIMESTAMP_NTZ(raw:client_event_time::VARCHAR, 'YYYY-MM-DD HH24:MI:SS.FF')
+    AS client_event_time,
+  raw:user_id::VARCHAR AS user_id,
+  raw:device_id::VARCHAR AS device_id,
+  TRY_TO_NUMBER(raw:amplitude_id::VARCHAR) AS amplitude_id,
+  TRY_TO_NUMBER(raw:session_id::VARCHAR) AS session_id,
+  TRY_TO_NUMBER(raw:app::VARCHAR) AS app,
+  raw:platform::VARCHAR AS platform,
+  raw:os_name::VARCHAR AS os_name,
+  raw:country::VARCHAR AS country,
+  raw:city::VARCHAR AS city,
+  raw:event_properties AS event_properties,
+  raw:user_properties AS user_properties,
+  raw:groups AS groups,
+  raw,
+  source_file,
+  loaded_at
+FROM raw_events;

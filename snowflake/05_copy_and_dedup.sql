@@ -35,43 +35,20 @@ COPY INTO raw_events (raw, source_file)
 -- Only raw rows from the last day before the newest merged row are read (a cheap, pruned
 -- scan); rows loaded earlier were merged by an earlier run. To re-merge everything after a
 -- repair, drop the loaded_at condition once.
--- Timestamps use TRY_TO_TIMESTAMP_NTZ with Amplitude's format: a bad value becomes NULL
--- instead of failing the load. Numbers use TRY_TO_NUMBER for the same reason.
+-- The typed columns come from the view raw_events_typed (worksheet 04).
 -- name: merge_events
 MERGE INTO events AS t
 USING (
-  SELECT * FROM (
-  SELECT
-    raw:uuid::VARCHAR AS uuid,
-    raw:"$insert_id"::VARCHAR AS insert_id,
-    raw:event_type::VARCHAR AS event_type,
-    TRY_TO_TIMESTAMP_NTZ(raw:event_time::VARCHAR, 'YYYY-MM-DD HH24:MI:SS.FF') AS event_time,
-    TRY_TO_TIMESTAMP_NTZ(raw:server_upload_time::VARCHAR, 'YYYY-MM-DD HH24:MI:SS.FF')
-      AS server_upload_time,
-    TRY_TO_TIMESTAMP_NTZ(raw:client_event_time::VARCHAR, 'YYYY-MM-DD HH24:MI:SS.FF')
-      AS client_event_time,
-    raw:user_id::VARCHAR AS user_id,
-    raw:device_id::VARCHAR AS device_id,
-    TRY_TO_NUMBER(raw:amplitude_id::VARCHAR) AS amplitude_id,
-    TRY_TO_NUMBER(raw:session_id::VARCHAR) AS session_id,
-    TRY_TO_NUMBER(raw:app::VARCHAR) AS app,
-    raw:platform::VARCHAR AS platform,
-    raw:os_name::VARCHAR AS os_name,
-    raw:country::VARCHAR AS country,
-    raw:city::VARCHAR AS city,
-    raw:event_properties AS event_properties,
-    raw:user_properties AS user_properties,
-    raw:groups AS groups,
-    raw,
-    source_file,
-    loaded_at,
-    ROW_NUMBER() OVER (PARTITION BY raw:uuid::VARCHAR ORDER BY loaded_at, source_file)
-      AS copy_number
-  FROM raw_events
-  WHERE raw:uuid IS NOT NULL
-    AND loaded_at >= (
-      SELECT DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-01'::TIMESTAMP_NTZ)) FROM events
-    )
+  SELECT *
+  FROM (
+    SELECT
+      *,
+      ROW_NUMBER() OVER (PARTITION BY uuid ORDER BY loaded_at, source_file) AS copy_number
+    FROM raw_events_typed
+    WHERE uuid IS NOT NULL
+      AND loaded_at >= (
+        SELECT DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-01'::TIMESTAMP_NTZ)) FROM events
+      )
   )
   WHERE copy_number = 1
 ) AS s

@@ -42,7 +42,8 @@ SHOW PIPES LIKE 'AMPLITUDE_PIPE';
 -- name: refresh_pipe
 ALTER PIPE amplitude_pipe REFRESH;
 
--- The dedup still has to run: a task runs 05's merge_events every 15 minutes.
+-- The dedup still has to run: a task runs 05's merge_events every 15 minutes. Resuming a task
+-- needs EXECUTE TASK: as ACCOUNTADMIN, GRANT EXECUTE TASK ON ACCOUNT TO ROLE <% role %>;
 -- Keep its body identical to merge_events in 05 (a test checks that it is).
 -- name: create_merge_task
 CREATE TASK IF NOT EXISTS amplitude_merge
@@ -52,38 +53,16 @@ CREATE TASK IF NOT EXISTS amplitude_merge
   AS
 MERGE INTO events AS t
 USING (
-  SELECT * FROM (
-  SELECT
-    raw:uuid::VARCHAR AS uuid,
-    raw:"$insert_id"::VARCHAR AS insert_id,
-    raw:event_type::VARCHAR AS event_type,
-    TRY_TO_TIMESTAMP_NTZ(raw:event_time::VARCHAR, 'YYYY-MM-DD HH24:MI:SS.FF') AS event_time,
-    TRY_TO_TIMESTAMP_NTZ(raw:server_upload_time::VARCHAR, 'YYYY-MM-DD HH24:MI:SS.FF')
-      AS server_upload_time,
-    TRY_TO_TIMESTAMP_NTZ(raw:client_event_time::VARCHAR, 'YYYY-MM-DD HH24:MI:SS.FF')
-      AS client_event_time,
-    raw:user_id::VARCHAR AS user_id,
-    raw:device_id::VARCHAR AS device_id,
-    TRY_TO_NUMBER(raw:amplitude_id::VARCHAR) AS amplitude_id,
-    TRY_TO_NUMBER(raw:session_id::VARCHAR) AS session_id,
-    TRY_TO_NUMBER(raw:app::VARCHAR) AS app,
-    raw:platform::VARCHAR AS platform,
-    raw:os_name::VARCHAR AS os_name,
-    raw:country::VARCHAR AS country,
-    raw:city::VARCHAR AS city,
-    raw:event_properties AS event_properties,
-    raw:user_properties AS user_properties,
-    raw:groups AS groups,
-    raw,
-    source_file,
-    loaded_at,
-    ROW_NUMBER() OVER (PARTITION BY raw:uuid::VARCHAR ORDER BY loaded_at, source_file)
-      AS copy_number
-  FROM raw_events
-  WHERE raw:uuid IS NOT NULL
-    AND loaded_at >= (
-      SELECT DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-01'::TIMESTAMP_NTZ)) FROM events
-    )
+  SELECT *
+  FROM (
+    SELECT
+      *,
+      ROW_NUMBER() OVER (PARTITION BY uuid ORDER BY loaded_at, source_file) AS copy_number
+    FROM raw_events_typed
+    WHERE uuid IS NOT NULL
+      AND loaded_at >= (
+        SELECT DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-01'::TIMESTAMP_NTZ)) FROM events
+      )
   )
   WHERE copy_number = 1
 ) AS s

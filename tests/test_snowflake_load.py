@@ -308,3 +308,22 @@ def test_the_server_runs_as_a_separate_process_for_load_py(moto_server):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_a_bad_value_becomes_null_and_an_event_without_uuid_is_not_merged(stack):
+    for worksheet in ("01", "02", "03", "04"):
+        stack.run(worksheet)
+    name, events = members(seed=7, hours=1)[0]
+    odd = [
+        {**events[0], "event_time": "yesterday", "session_id": "n/a"},
+        {**events[1], "uuid": None},
+    ]
+    stack.upload([(name, odd)])
+    assert run_copy(stack.settings, []) == 0
+    # IS NULL in SQL: fakesnow's server sends a NULL TIMESTAMP_NTZ as 1970-01-01 (its bug).
+    got = stack.query(
+        "SELECT uuid, event_time IS NULL, session_id IS NULL, client_event_time FROM events"
+    )
+    client_time = datetime.strptime(odd[0]["client_event_time"], sample_events.TS_FORMAT)
+    assert got == [(odd[0]["uuid"], True, True, client_time)]
+    assert len(stack.uuids("raw_events")) == 2
