@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -65,3 +67,17 @@ def make_settings(**values: str) -> Settings:
 def _no_repo_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """In-process runs never read the developer's own .env."""
     monkeypatch.setattr("pipeline.settings.REPO_ROOT", tmp_path / "no-repo")
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto's S3/KMS/IAM as a real HTTP server on a free local port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

@@ -1,0 +1,262 @@
+"""`load.py --copy`: run worksheet 05 (COPY into raw_events, MERGE into events) from Python.
+
+The SQL lives only in `snowflake/05_copy_and_dedup.sql`; this module renders its placeholders
+from the SNOWFLAKE_* settings, runs it statement by statement and reports COPY's result.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import snowflake.connector
+from snowflake.connector.errors import Error as SnowflakeError
+
+from pipeline import worksheets
+from pipeline.errors import PipelineError, UsageError
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NEEDED_FOR = "load.py --copy"
+LOAD_WORKSHEET = worksheets.WORKSHEET_DIR / "05_copy_and_dedup.sql"
+FAILED_STATUSES = {"LOAD_FAILED", "PARTIALLY_LOADED"}
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """One line of COPY's result."""
+
+    file: str
+    status: str
+    rows_loaded: int
+    first_error: str | None = None
+    first_error_line: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status.upper() in FAILED_STATUSES
+
+
+def connect_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connector arguments from the SNOWFLAKE_* settings (password or key pair)."""
+    kwargs: dict[str, Any] = {
+        name.lower(): settings.require(f"SNOWFLAKE_{name}", NEEDED_FOR)
+        for name in ("ACCOUNT", "USER", "ROLE", "WAREHOUSE", "DATABASE", "SCHEMA")
+    }
+    key_file = settings.get("SNOWFLAKE_PRIVATE_KEY_FILE")
+    if key_file:
+        if not Path(key_file).expanduser().is_file():
+            raise UsageError(
+                f"SNOWFLAKE_PRIVATE_KEY_FILE {key_file} is not a file: "
+                "set it to the path of the PEM private key"
+            )
+        kwargs["private_key_file"] = str(Path(key_file).expanduser())
+        if passphrase := settings.get("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"):
+            kwargs["private_key_file_pwd"] = passphrase
+    elif password := settings.get("SNOWFLAKE_PASSWORD"):
+        kwargs["password"] = password
+    else:
+        raise UsageError(
+            "neither SNOWFLAKE_PASSWORD nor SNOWFLAKE_PRIVATE_KEY_FILE is set: add one to .env "
+            f"(see .env.example); {NEEDED_FOR} needs it"
+        )
+    for name in ("HOST", "PORT", "PROTOCOL"):
+        if value := settings.get(f"SNOWFLAKE_{name}"):
+            kwargs[name.lower()] = value
+    if "port" in kwargs:
+        if not kwargs["port"].isdigit():
+            raise UsageError(f"SNOWFLAKE_PORT is {kwargs['port']!r}: set it to a port number")
+        kwargs["port"] = int(kwargs["port"])
+    kwargs["login_timeout"] = 60
+    kwargs["session_parameters"] = {"QUERY_TAG": "amplitude-pipeline load.py --copy"}
+    return kwargs
+
+
+def connect(settings: Settings) -> snowflake.connector.SnowflakeConnection:
+    """Open a connection; a refused login or an unknown account becomes one clear line."""
+    return _open(connect_kwargs(settings))
+
+
+def _open(kwargs: dict[str, Any]) -> snowflake.connector.SnowflakeConnection:
+    log.debug("connecting to Snowflake account %s as %s", kwargs["account"], kwargs["user"])
+    try:
+        return snowflake.connector.connect(**kwargs)
+    except SnowflakeError as exc:
+        raise explain_login(exc, kwargs) from None
+
+
+def run_copy(settings: Settings, uploaded_keys: Sequence[str]) -> int:
+    """COPY the stage's new files into raw_events, MERGE into events, print what happened.
+
+    Returns 1 if a file failed to load (the others are loaded and merged), else 0.
+    """
+    kwargs = connect_kwargs(settings)  # first: the missing setting named is a connection one
+    text = LOAD_WORKSHEET.read_text(encoding="utf-8")
+    values = worksheets.values_from_settings(settings, worksheets.placeholders(text), NEEDED_FOR)
+    statements = worksheets.split(worksheets.render(text, values))
+    files: list[FileResult] = []
+    merged: int | None = None
+    with _open(kwargs) as conn:
+        cursor = conn.cursor()
+        for statement in statements:
+            log.debug("running %s", statement.name)
+            try:
+                cursor.execute(statement.sql)
+            except SnowflakeError as exc:
+                raise explain_statement(exc, statement.name, settings) from None
+            if statement.name == "copy_raw":
+                files = copy_results(_column_names(cursor), cursor.fetchall())
+            elif statement.name == "merge_events":
+                merged = _inserted(cursor)
+    for line in summary(files, merged, uploaded_keys):
+        print(line)
+    if failed := [f for f in files if f.failed]:
+        print(
+            f"error: {len(failed)} files failed to load (listed above); fix or re-upload them "
+            "and rerun (worksheet 06, copy_errors, shows the history)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def copy_results(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[FileResult]:
+    """COPY's result rows; its one-column "0 files processed" answer gives an empty list."""
+    if "file" not in columns:
+        return []
+    results = []
+    for row in rows:
+        r = dict(zip(columns, row, strict=False))
+        results.append(
+            FileResult(
+                file=str(r["file"]),
+                status=str(r["status"]),
+                rows_loaded=int(r.get("rows_loaded") or 0),
+                first_error=r.get("first_error"),
+                first_error_line=r.get("first_error_line"),
+            )
+        )
+    return results
+
+
+def summary(files: Sequence[FileResult], merged: int | None, uploaded: Sequence[str]) -> list[str]:
+    """The lines load.py --copy prints: one per file, then totals."""
+    lines = []
+    for f in sorted(files, key=lambda f: f.file):
+        if f.failed:
+            where = f" (line {f.first_error_line})" if f.first_error_line else ""
+            lines.append(f"FAILED  {f.file}: {f.first_error}{where}")
+        else:
+            lines.append(f"loaded  {f.rows_loaded:>8} rows  {f.file}")
+    ok = [f for f in files if not f.failed]
+    failed = len(files) - len(ok)
+    rows = sum(f.rows_loaded for f in ok)
+    lines.append(
+        f"copy: {len(ok)} files loaded ({rows} rows), {failed} failed"
+        + ("" if files else " (no new files in the stage)")
+    )
+    in_result = {_key_of(f.file) for f in files}
+    not_seen = [k for k in uploaded if k not in in_result]
+    if not_seen:
+        lines.append(
+            f"note: {len(not_seen)} of the {len(uploaded)} files uploaded this run are not in "
+            "COPY's result: loaded before with the same content, or outside the stage's URL "
+            "(check worksheet 03's URL against S3_BUCKET and S3_PREFIX)"
+        )
+    if merged is not None:
+        lines.append(f"merge: {merged} new events in events")
+    return lines
+
+
+def explain_login(exc: SnowflakeError, kwargs: dict[str, Any]) -> PipelineError:
+    """One line for a failed login."""
+    message = _first_line(exc)
+    lowered = message.lower()
+    if "incorrect username or password" in lowered or "jwt token is invalid" in lowered:
+        how = "SNOWFLAKE_PRIVATE_KEY_FILE" if "private_key_file" in kwargs else "SNOWFLAKE_PASSWORD"
+        return UsageError(
+            f"Snowflake refused the login of user {kwargs['user']}: check SNOWFLAKE_USER and {how}"
+        )
+    if "role" in lowered and ("not granted" in lowered or "does not exist" in lowered):
+        return UsageError(
+            f"Snowflake role {kwargs['role']} is missing or not granted to {kwargs['user']}: "
+            "check SNOWFLAKE_ROLE, or run worksheet 01 (grant_role_to_user)"
+        )
+    if "private key" in lowered or "passphrase" in lowered or "password was not given" in lowered:
+        return UsageError(
+            f"cannot read the private key ({message}): check SNOWFLAKE_PRIVATE_KEY_FILE "
+            "and SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"
+        )
+    return PipelineError(
+        f"cannot log in to Snowflake account {kwargs['account']} ({message}): check "
+        "SNOWFLAKE_ACCOUNT (your <orgname>-<account_name> identifier), SNOWFLAKE_HOST if set, "
+        "and the network"
+    )
+
+
+def explain_statement(exc: SnowflakeError, name: str, settings: Settings) -> PipelineError:
+    """One line for a failed worksheet statement, naming the setting or worksheet to fix."""
+    message = _first_line(exc)
+    lowered = message.lower()
+    if name == "use_role":
+        return UsageError(
+            f"cannot use role {settings.get('SNOWFLAKE_ROLE')} ({message}): check SNOWFLAKE_ROLE, "
+            "or run worksheet 01"
+        )
+    if name == "use_warehouse":
+        return UsageError(
+            f"warehouse {settings.get('SNOWFLAKE_WAREHOUSE')} does not exist or the role may not "
+            "use it: check SNOWFLAKE_WAREHOUSE, or run worksheet 01"
+        )
+    if name == "use_schema":
+        return UsageError(
+            f"schema {settings.get('SNOWFLAKE_DATABASE')}.{settings.get('SNOWFLAKE_SCHEMA')} does "
+            "not exist or the role may not use it: check SNOWFLAKE_DATABASE and "
+            "SNOWFLAKE_SCHEMA, or run worksheet 01"
+        )
+    if "does not exist or not authorized" in lowered:
+        return PipelineError(
+            f"Snowflake {name}: {message.rstrip('.')}; run worksheets 03 (stage) and 04 (tables) "
+            "first, with the same SNOWFLAKE_DATABASE and SNOWFLAKE_SCHEMA"
+        )
+    if "access denied" in lowered or "assume" in lowered or "kms" in lowered:
+        return PipelineError(
+            f"Snowflake cannot read the stage's bucket ({message}): check the AWS role's trust "
+            "relationship (`python setup_aws.py trust`, worksheet 02) and its KMS permission"
+        )
+    if "no active warehouse" in lowered:
+        return UsageError(
+            f"no usable warehouse ({message}): check SNOWFLAKE_WAREHOUSE, or run worksheet 01"
+        )
+    return PipelineError(f"Snowflake {name} failed: {message}")
+
+
+def _first_line(exc: SnowflakeError) -> str:
+    """The connector's message on one line (Snowflake's often start "SQL compilation error:")."""
+    text = " ".join(str(getattr(exc, "msg", None) or exc).split())
+    text = re.sub(r"^\d{6}(?: \(\w{5}\))?: ", "", text)  # the connector's "002003 (02000): "
+    return text[:300] if text else type(exc).__name__
+
+
+def _column_names(cursor: Any) -> list[str]:
+    return [d[0].lower() for d in (cursor.description or [])]
+
+
+def _inserted(cursor: Any) -> int:
+    """Rows MERGE inserted: its 'number of rows inserted' column, else the row count."""
+    columns = _column_names(cursor)
+    row = cursor.fetchone()
+    if row is not None and "number of rows inserted" in columns:
+        return int(row[columns.index("number of rows inserted")])
+    return int(cursor.rowcount or 0)
+
+
+def _key_of(url: str) -> str:
+    """`s3://bucket/key` → `key`."""
+    return url.split("://", 1)[-1].split("/", 1)[-1]

@@ -1,0 +1,64 @@
+-- 05  Load: COPY new files into raw_events, then MERGE new events into events.
+--
+-- `python load.py --copy` runs exactly these statements after each upload. By hand:
+--   snow sql -f snowflake/05_copy_and_dedup.sql -D database=AMPLITUDE -D schema=RAW \
+--     -D role=AMPLITUDE_LOADER -D warehouse=AMPLITUDE_WH
+-- Safe to run at any time, as often as you like.
+
+-- name: use_role
+USE ROLE <% role %>;
+
+-- name: use_warehouse
+USE WAREHOUSE <% warehouse %>;
+
+-- name: use_schema
+USE SCHEMA <% database %>.<% schema %>;
+
+-- COPY over the whole stage, not a list of files: Snowflake's load history (kept 64 days per
+-- table) skips every file already loaded with the same checksum, so this one statement loads
+-- the files uploaded just now plus any earlier ones a failed or skipped run left behind.
+-- ON_ERROR = SKIP_FILE: a corrupt file is not loaded at all (never half), the others still
+-- load, and COPY reports it as LOAD_FAILED (load.py then exits 1); it is retried next time.
+-- name: copy_raw
+COPY INTO raw_events (raw, source_file)
+  FROM (SELECT $1, METADATA$FILENAME FROM @amplitude_stage)
+  FILE_FORMAT = (FORMAT_NAME = 'amplitude_json')
+  ON_ERROR = SKIP_FILE;
+
+-- Dedup by MERGE on uuid, inserting only uuids that events does not hold yet.
+-- Why MERGE: it is one atomic statement, so no reader ever sees a duplicate (unlike INSERT then
+-- DELETE), it is idempotent (rerunning it inserts nothing), and events stays a plain table that
+-- is cheap to query (unlike a QUALIFY view over raw_events, which dedups on every query).
+-- copy_number keeps one row per uuid from the batch itself (a file loaded twice in one window),
+-- which MERGE needs: two source rows with the same new uuid would both be inserted. (A nested
+-- SELECT rather than QUALIFY: the same in Snowflake, and the local stand-in runs it too.)
+-- Only raw rows from the last day before the newest merged row are read (a cheap, pruned
+-- scan); rows loaded earlier were merged by an earlier run. To re-merge everything after a
+-- repair, drop the loaded_at condition once.
+-- The typed columns come from the view raw_events_typed (worksheet 04).
+-- name: merge_events
+MERGE INTO events AS t
+USING (
+  SELECT *
+  FROM (
+    SELECT
+      *,
+      ROW_NUMBER() OVER (PARTITION BY uuid ORDER BY loaded_at, source_file) AS copy_number
+    FROM raw_events_typed
+    WHERE uuid IS NOT NULL
+      AND loaded_at >= (
+        SELECT DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-01'::TIMESTAMP_NTZ)) FROM events
+      )
+  )
+  WHERE copy_number = 1
+) AS s
+ON t.uuid = s.uuid
+WHEN NOT MATCHED THEN INSERT (
+  uuid, insert_id, event_type, event_time, server_upload_time, client_event_time, user_id,
+  device_id, amplitude_id, session_id, app, platform, os_name, country, city, event_properties,
+  user_properties, groups, raw, source_file, loaded_at
+) VALUES (
+  s.uuid, s.insert_id, s.event_type, s.event_time, s.server_upload_time, s.client_event_time,
+  s.user_id, s.device_id, s.amplitude_id, s.session_id, s.app, s.platform, s.os_name, s.country,
+  s.city, s.event_properties, s.user_properties, s.groups, s.raw, s.source_file, s.loaded_at
+);

@@ -1,0 +1,85 @@
+-- 07  Optional: Snowpipe auto-ingest instead of `load.py --copy`.
+--
+-- Snowpipe loads each file seconds after it lands in S3, with no warehouse of yours and no
+-- cron; load.py then only uploads (run it without --copy). Use one or the other: a pipe and
+-- COPY keep separate load histories, so running both loads every file twice into raw_events
+-- (events stays free of duplicates, but you pay twice).
+--   snow sql -f snowflake/07_snowpipe_optional.sql -D database=AMPLITUDE -D schema=RAW \
+--     -D role=AMPLITUDE_LOADER -D warehouse=AMPLITUDE_WH -D s3_bucket=acme-amplitude -D s3_prefix=amplitude
+
+-- name: use_role
+USE ROLE <% role %>;
+
+-- name: use_warehouse
+USE WAREHOUSE <% warehouse %>;
+
+-- name: use_schema
+USE SCHEMA <% database %>.<% schema %>;
+
+-- The same COPY as 05's copy_raw (a pipe always skips a bad file: ON_ERROR = SKIP_FILE).
+-- name: create_pipe
+CREATE PIPE IF NOT EXISTS amplitude_pipe
+  AUTO_INGEST = TRUE
+  COMMENT = 'Loads Amplitude exports as S3 announces them'
+  AS
+COPY INTO raw_events (raw, source_file)
+  FROM (SELECT $1, METADATA$FILENAME FROM @amplitude_stage)
+  FILE_FORMAT = (FORMAT_NAME = 'amplitude_json');
+
+-- The S3 event notification the pipe needs. The notification_channel column of this output is
+-- an SQS queue ARN. In the S3 console: bucket > Properties > Event notifications > Create:
+--   event types: All object create events (s3:ObjectCreated:*)
+--   prefix: <% s3_prefix %>/        destination: SQS queue, the notification_channel ARN
+-- or with the AWS CLI (this replaces the bucket's notification configuration):
+--   aws s3api put-bucket-notification-configuration --bucket <% s3_bucket %> \
+--     --notification-configuration '{"QueueConfigurations": [{"QueueArn": "<notification_channel>",
+--       "Events": ["s3:ObjectCreated:*"],
+--       "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "<% s3_prefix %>/"}]}}}]}'
+-- name: show_pipe
+SHOW PIPES LIKE 'AMPLITUDE_PIPE';
+
+-- Files uploaded before the notification existed: queue them once (last 7 days only).
+-- name: refresh_pipe
+ALTER PIPE amplitude_pipe REFRESH;
+
+-- The dedup still has to run: a task runs 05's merge_events every 15 minutes. Resuming a task
+-- needs EXECUTE TASK: as ACCOUNTADMIN, GRANT EXECUTE TASK ON ACCOUNT TO ROLE <% role %>;
+-- Keep its body identical to merge_events in 05 (a test checks that it is).
+-- name: create_merge_task
+CREATE TASK IF NOT EXISTS amplitude_merge
+  WAREHOUSE = <% warehouse %>
+  SCHEDULE = '15 MINUTE'
+  COMMENT = 'Dedups raw_events into events (05 merge_events)'
+  AS
+MERGE INTO events AS t
+USING (
+  SELECT *
+  FROM (
+    SELECT
+      *,
+      ROW_NUMBER() OVER (PARTITION BY uuid ORDER BY loaded_at, source_file) AS copy_number
+    FROM raw_events_typed
+    WHERE uuid IS NOT NULL
+      AND loaded_at >= (
+        SELECT DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-01'::TIMESTAMP_NTZ)) FROM events
+      )
+  )
+  WHERE copy_number = 1
+) AS s
+ON t.uuid = s.uuid
+WHEN NOT MATCHED THEN INSERT (
+  uuid, insert_id, event_type, event_time, server_upload_time, client_event_time, user_id,
+  device_id, amplitude_id, session_id, app, platform, os_name, country, city, event_properties,
+  user_properties, groups, raw, source_file, loaded_at
+) VALUES (
+  s.uuid, s.insert_id, s.event_type, s.event_time, s.server_upload_time, s.client_event_time,
+  s.user_id, s.device_id, s.amplitude_id, s.session_id, s.app, s.platform, s.os_name, s.country,
+  s.city, s.event_properties, s.user_properties, s.groups, s.raw, s.source_file, s.loaded_at
+);
+
+-- name: resume_merge_task
+ALTER TASK amplitude_merge RESUME;
+
+-- Is the pipe running, and what did it load in the last day?
+-- name: pipe_status
+SELECT SYSTEM$PIPE_STATUS('amplitude_pipe') AS status;

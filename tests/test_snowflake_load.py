@@ -1,0 +1,329 @@
+"""The worksheets and `run_copy` against fakesnow's server, with the stage on moto's S3 server.
+
+What fakesnow cannot run is skipped or replaced by name in `local_stack/fakesnow_compat.py`
+(the one list); every test that runs worksheets prints and checks what was skipped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import os
+import subprocess
+import sys
+import uuid
+import warnings
+from datetime import UTC, datetime
+
+import boto3
+import pytest
+import snowflake.connector
+
+from local_stack import fakesnow_compat
+from local_stack.snowflake_server import serve
+from pipeline import sample_events, worksheets
+from pipeline.errors import PipelineError, UsageError
+from pipeline.layout import parse_member, s3_key
+from pipeline.settings import REPO_ROOT
+from pipeline.warehouse import run_copy
+from tests.conftest import make_settings
+
+PREFIX = "amplitude"
+CREDENTIALS = ("testing-access-key", "testing-secret-key")
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def snowflake_server(moto_server):
+    with serve(moto_server, credentials=CREDENTIALS) as server:
+        yield server
+
+
+def new_stack(moto_server: str, server_settings: dict[str, str]) -> Stack:
+    """A fresh bucket on moto and fresh database names on the fakesnow server."""
+    n = next(_counter)
+    bucket = f"amp-{n}-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_server,
+        region_name="us-east-1",
+        aws_access_key_id=CREDENTIALS[0],
+        aws_secret_access_key=CREDENTIALS[1],
+    )
+    s3.create_bucket(Bucket=bucket)
+    values = {
+        "database": f"AMP_{n}",
+        "schema": "RAW",
+        "warehouse": "AMPLITUDE_WH",
+        "role": "AMPLITUDE_LOADER",
+        "user": "fake",
+        "s3_bucket": bucket,
+        "s3_prefix": PREFIX,
+        "aws_role_arn": "arn:aws:iam::123456789012:role/snowflake-amplitude",
+    }
+    settings = make_settings(
+        **server_settings,
+        SNOWFLAKE_ROLE=values["role"],
+        SNOWFLAKE_WAREHOUSE=values["warehouse"],
+        SNOWFLAKE_DATABASE=values["database"],
+        SNOWFLAKE_SCHEMA=values["schema"],
+        S3_BUCKET=bucket,
+        S3_PREFIX=PREFIX,
+    )
+    return Stack(s3, bucket, values, settings, server_settings)
+
+
+@pytest.fixture
+def stack(moto_server, snowflake_server):
+    report = snowflake_server.report
+    start = (len(report.skipped), len(report.replaced))
+    yield new_stack(moto_server, snowflake_server.settings())
+    skipped = ", ".join(dict.fromkeys(report.skipped[start[0] :]))
+    replaced = ", ".join(dict.fromkeys(report.replaced[start[1] :]))
+    if skipped or replaced:
+        # Shown in pytest's warnings summary on every run, not only on failure.
+        warnings.warn(
+            "fakesnow, by name (local_stack/fakesnow_compat.py): "
+            f"skipped {skipped or 'nothing'}; ran an equivalent of {replaced or 'nothing'}",
+            StandInSkipped,
+            stacklevel=1,
+        )
+
+
+class StandInSkipped(UserWarning):
+    """Statements of the worksheets that the fakesnow stand-in did not run."""
+
+
+class Stack:
+    def __init__(self, s3, bucket, values, settings, server_settings):
+        self.s3, self.bucket, self.values, self.settings = s3, bucket, values, settings
+        self.conn = snowflake.connector.connect(
+            **{k.removeprefix("SNOWFLAKE_").lower(): v for k, v in server_settings.items()},
+            session_parameters={"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
+        )
+
+    def upload(self, members, gzip_objects=False) -> list[str]:
+        keys = []
+        for name, events in members:
+            key = s3_key(PREFIX, parse_member(name), gzip=gzip_objects)
+            body = sample_events.ndjson(events)
+            self.s3.put_object(
+                Bucket=self.bucket, Key=key, Body=gzip.compress(body) if gzip_objects else body
+            )
+            keys.append(key)
+        return keys
+
+    def run(self, worksheet: str) -> dict[str, list[tuple]]:
+        """Run one worksheet; the rows each statement returned, by name."""
+        path = next(worksheets.WORKSHEET_DIR.glob(f"{worksheet}_*.sql"))
+        text = path.read_text(encoding="utf-8")
+        statements = worksheets.split(worksheets.render(text, self.values))
+        cursor = self.conn.cursor()
+        results = {}
+        for statement in statements:
+            cursor.execute(statement.sql)
+            results[statement.name] = cursor.fetchall()
+        return results
+
+    def query(self, sql: str) -> list[tuple]:
+        return self.conn.cursor().execute(sql).fetchall()
+
+    def uuids(self, table: str = "events") -> list[str]:
+        column = "uuid" if table == "events" else "raw:uuid::VARCHAR"
+        return [r[0] for r in self.query(f"SELECT {column} FROM {table}")]
+
+
+def members(seed: int, hours: int = 3, per_hour: int = 7, day: int = 20):
+    """Shards of `hours` hours from 04 UTC (05 empty, as Amplitude has empty hours)."""
+    start = datetime(2026, 11, day, 4, tzinfo=UTC)
+    end = datetime(2026, 11, day, 4 + hours - 1, tzinfo=UTC)
+    empty = [datetime(2026, 11, day, 5, tzinfo=UTC)] if hours > 2 else []
+    return sample_events.export_members(
+        123456, start, end, events_per_hour=per_hour, shards=2, empty_hours=empty, seed=seed
+    )
+
+
+def all_uuids(members_) -> list[str]:
+    return [e["uuid"] for _, events in members_ for e in events]
+
+
+def test_worksheets_load_every_event_once_and_rerun_and_reupload_add_nothing(
+    stack, snowflake_server
+):
+    plain = members(seed=1)
+    gzipped = members(seed=2, hours=1, day=19)  # .json.gz objects load through COMPRESSION = AUTO
+    stack.upload(plain)
+    stack.upload(gzipped, gzip_objects=True)
+    expected = all_uuids(plain) + all_uuids(gzipped)
+    for worksheet in ("01", "02", "03", "04"):
+        stack.run(worksheet)
+
+    first = stack.run("05")
+    assert sorted(stack.uuids()) == sorted(expected)
+    assert len(first["copy_raw"]) == len(plain) + len(gzipped)
+    assert sum(row[3] for row in first["copy_raw"]) == len(expected)
+    event = stack.query(
+        "SELECT insert_id, event_type, event_time, server_upload_time, app, country, city,"
+        " source_file, raw:uuid::VARCHAR FROM events ORDER BY uuid LIMIT 1"
+    )[0]
+    source = next(e for _, events in plain + gzipped for e in events if e["uuid"] == event[8])
+    assert event[0] == source["$insert_id"] and event[1] == source["event_type"]
+    assert event[2] == datetime.strptime(source["event_time"], sample_events.TS_FORMAT)
+    assert event[3] == datetime.strptime(source["server_upload_time"], sample_events.TS_FORMAT)
+    assert (event[4], event[5], event[6]) == (123456, source["country"], source["city"])
+    assert event[7].startswith(f"{PREFIX}/123456/2026-11-")
+
+    checks = stack.run("06")
+    assert checks["duplicate_uuids"] == [] and checks["raw_not_in_events"] == []
+    assert sum(r[1] for r in checks["rows_per_hour"]) == len(expected)
+
+    second = stack.run("05")
+    assert second["copy_raw"] == [("Copy executed with 0 files processed.",)]
+    assert sorted(stack.uuids()) == sorted(expected)
+
+    # The same hour re-uploaded: once under the same key, once gzip-compressed (a new key that
+    # COPY really loads, so raw_events holds every uuid of that file twice).
+    again = plain[:1]
+    stack.upload(again)
+    stack.upload(again, gzip_objects=True)
+    third = stack.run("05")
+    assert [row[1] for row in third["copy_raw"]] == ["LOADED"]
+    raw = stack.uuids("raw_events")
+    assert len(raw) == len(expected) + len(again[0][1])
+    assert sorted(stack.uuids()) == sorted(expected)
+    assert stack.run("06")["duplicate_uuids"] == []
+
+    expected_skips = {
+        s.name
+        for w in ("01", "02", "03", "04", "05", "06")
+        for s in worksheets.split(
+            worksheets.render(
+                next(worksheets.WORKSHEET_DIR.glob(f"{w}_*.sql")).read_text(), stack.values
+            )
+        )
+        if s.name in fakesnow_compat.SKIPPED
+    }
+    skipped = set(snowflake_server.report.skipped)
+    assert expected_skips <= skipped <= set(fakesnow_compat.SKIPPED)
+    assert "copy_raw" in snowflake_server.report.replaced
+
+
+def test_run_copy_loads_merges_and_reports_each_file(stack, capsys):
+    for worksheet in ("01", "02", "03", "04"):
+        stack.run(worksheet)
+    earlier = stack.upload(
+        members(seed=3, hours=1, day=19)
+    )  # uploaded by a run whose COPY never ran
+    now = stack.upload(members(seed=4, hours=2))
+    capsys.readouterr()
+
+    assert run_copy(stack.settings, now) == 0
+    out = capsys.readouterr().out
+    for key in earlier + now:
+        assert f"s3://{stack.bucket}/{key}" in out
+    assert out.count("loaded  ") == len(earlier) + len(now)
+    total = len(all_uuids(members(seed=3, hours=1, day=19))) + len(
+        all_uuids(members(seed=4, hours=2))
+    )
+    assert f"copy: {len(earlier) + len(now)} files loaded ({total} rows), 0 failed" in out
+    assert f"merge: {total} new events in events" in out
+    assert len(stack.uuids()) == total
+
+    assert run_copy(stack.settings, []) == 0
+    out = capsys.readouterr().out
+    assert "copy: 0 files loaded (0 rows), 0 failed (no new files in the stage)" in out
+    assert "merge: 0 new events" in out
+    assert "snow" not in out  # the password
+
+
+def test_run_copy_exits_1_on_a_corrupt_file_and_still_loads_the_others(stack, capsys):
+    for worksheet in ("01", "02", "03", "04"):
+        stack.run(worksheet)
+    good = stack.upload(members(seed=5, hours=1))
+    bad = f"{PREFIX}/123456/2026-11-21/123456_2026-11-21_0#0.json"
+    stack.s3.put_object(Bucket=stack.bucket, Key=bad, Body=b'{"uuid": "a"}\n{"uuid": trunc')
+    capsys.readouterr()
+
+    assert run_copy(stack.settings, [*good, bad]) == 1
+    captured = capsys.readouterr()
+    assert f"FAILED  s3://{stack.bucket}/{bad}:" in captured.out
+    assert "error: 1 files failed to load" in captured.err
+    assert len(stack.uuids()) == len(all_uuids(members(seed=5, hours=1)))
+
+    stack.s3.put_object(Bucket=stack.bucket, Key=bad, Body=b'{"uuid": "fixed-1"}\n')
+    assert run_copy(stack.settings, [bad]) == 0  # a failed file is retried once fixed
+    assert "fixed-1" in stack.uuids()
+
+
+def test_run_copy_names_the_missing_setting():
+    with pytest.raises(UsageError, match="SNOWFLAKE_ACCOUNT is not set.*load.py --copy"):
+        run_copy(make_settings(), [])
+    partial = {
+        f"SNOWFLAKE_{n}": "x"
+        for n in ("ACCOUNT", "USER", "ROLE", "WAREHOUSE", "DATABASE", "SCHEMA")
+    }
+    with pytest.raises(
+        UsageError, match="neither SNOWFLAKE_PASSWORD nor SNOWFLAKE_PRIVATE_KEY_FILE"
+    ):
+        run_copy(make_settings(**partial), [])
+
+
+def test_run_copy_reports_missing_objects_in_one_line(stack):
+    stack.run("01")  # worksheets 03 and 04 not run: no stage, no tables
+    with pytest.raises(PipelineError) as failure:
+        run_copy(stack.settings, [])
+    assert str(failure.value) == (
+        f"Snowflake copy_raw: SQL compilation error: Stage '{stack.values['database']}.RAW."
+        "AMPLITUDE_STAGE' does not exist or not authorized; run worksheets 03 (stage) and 04 "
+        "(tables) first, with the same SNOWFLAKE_DATABASE and SNOWFLAKE_SCHEMA"
+    )
+    assert failure.value.exit_code == 1
+
+
+def test_the_server_runs_as_a_separate_process_for_load_py(moto_server):
+    """`python -m local_stack.snowflake_server`, as the local demo starts it."""
+    command = [sys.executable, "-m", "local_stack.snowflake_server", "--s3-endpoint", moto_server]
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": CREDENTIALS[0],
+        "AWS_SECRET_ACCESS_KEY": CREDENTIALS[1],
+    }
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        printed = dict(next(process.stdout).strip().split("=", 1) for _ in range(6))
+        assert printed["SNOWFLAKE_HOST"] == "127.0.0.1" and printed["SNOWFLAKE_PROTOCOL"] == "http"
+        stack = new_stack(moto_server, printed)
+        for worksheet in ("01", "02", "03", "04"):
+            stack.run(worksheet)
+        keys = stack.upload(members(seed=6, hours=1))
+        assert run_copy(stack.settings, keys) == 0
+        assert len(stack.uuids()) == len(all_uuids(members(seed=6, hours=1)))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_bad_value_becomes_null_and_an_event_without_uuid_is_not_merged(stack):
+    for worksheet in ("01", "02", "03", "04"):
+        stack.run(worksheet)
+    name, events = members(seed=7, hours=1)[0]
+    odd = [
+        {**events[0], "event_time": "yesterday", "session_id": "n/a"},
+        {**events[1], "uuid": None},
+    ]
+    stack.upload([(name, odd)])
+    assert run_copy(stack.settings, []) == 0
+    # IS NULL in SQL: fakesnow's server sends a NULL TIMESTAMP_NTZ as 1970-01-01 (its bug).
+    got = stack.query(
+        "SELECT uuid, event_time IS NULL, session_id IS NULL, client_event_time FROM events"
+    )
+    client_time = datetime.strptime(odd[0]["client_event_time"], sample_events.TS_FORMAT)
+    assert got == [(odd[0]["uuid"], True, True, client_time)]
+    assert len(stack.uuids("raw_events")) == 2

@@ -1,0 +1,199 @@
+"""`pipeline.warehouse` without a server: connection settings, error lines, the summary."""
+
+from __future__ import annotations
+
+import pytest
+import snowflake.connector
+from snowflake.connector.errors import DatabaseError, OperationalError, ProgrammingError
+
+from pipeline import warehouse
+from pipeline.errors import PipelineError, UsageError
+from pipeline.warehouse import FileResult, connect_kwargs, copy_results, summary
+from tests.conftest import make_settings
+
+SECRET = "s3cr3t-Passw0rd"
+BASE = {
+    "SNOWFLAKE_ACCOUNT": "myorg-myaccount",
+    "SNOWFLAKE_USER": "LOADER",
+    "SNOWFLAKE_ROLE": "AMPLITUDE_LOADER",
+    "SNOWFLAKE_WAREHOUSE": "AMPLITUDE_WH",
+    "SNOWFLAKE_DATABASE": "AMPLITUDE",
+    "SNOWFLAKE_SCHEMA": "RAW",
+}
+
+
+def test_password_auth_and_host_port_protocol_are_passed_through():
+    kwargs = connect_kwargs(
+        make_settings(
+            **BASE,
+            SNOWFLAKE_PASSWORD=SECRET,
+            SNOWFLAKE_HOST="127.0.0.1",
+            SNOWFLAKE_PORT="8085",
+            SNOWFLAKE_PROTOCOL="http",
+        )
+    )
+    assert kwargs["password"] == SECRET and "private_key_file" not in kwargs
+    assert (kwargs["host"], kwargs["port"], kwargs["protocol"]) == ("127.0.0.1", 8085, "http")
+    assert (kwargs["account"], kwargs["warehouse"], kwargs["schema"]) == (
+        "myorg-myaccount",
+        "AMPLITUDE_WH",
+        "RAW",
+    )
+
+
+def test_key_pair_auth_wins_over_a_password(tmp_path):
+    key = tmp_path / "rsa_key.p8"
+    key.write_text("placeholder: only the path is passed on\n")
+    kwargs = connect_kwargs(
+        make_settings(
+            **BASE,
+            SNOWFLAKE_PASSWORD=SECRET,
+            SNOWFLAKE_PRIVATE_KEY_FILE=str(key),
+            SNOWFLAKE_PRIVATE_KEY_PASSPHRASE="pass",
+        )
+    )
+    assert kwargs["private_key_file"] == str(key) and kwargs["private_key_file_pwd"] == "pass"
+    assert "password" not in kwargs and "host" not in kwargs
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"SNOWFLAKE_PRIVATE_KEY_FILE": "/nowhere/key.p8"}, "is not a file"),
+        ({"SNOWFLAKE_PASSWORD": "x", "SNOWFLAKE_PORT": "http"}, "SNOWFLAKE_PORT is 'http'"),
+        ({}, "neither SNOWFLAKE_PASSWORD nor SNOWFLAKE_PRIVATE_KEY_FILE is set"),
+    ],
+)
+def test_bad_connection_settings_are_usage_errors(extra, message):
+    with pytest.raises(UsageError, match=message):
+        connect_kwargs(make_settings(**BASE, **extra))
+
+
+@pytest.mark.parametrize(
+    "error, kind, expected",
+    [
+        (
+            DatabaseError(
+                msg="Failed to connect to DB: myorg-myaccount.snowflakecomputing.com:443. "
+                "Incorrect username or password was specified.",
+                errno=250001,
+            ),
+            UsageError,
+            "Snowflake refused the login of user LOADER: check SNOWFLAKE_USER and "
+            "SNOWFLAKE_PASSWORD",
+        ),
+        (
+            OperationalError(
+                msg="Could not connect to Snowflake backend after 2 attempt(s).Aborting",
+                errno=250001,
+            ),
+            PipelineError,
+            "cannot log in to Snowflake account myorg-myaccount (Could not connect to Snowflake "
+            "backend after 2 attempt(s).Aborting): check SNOWFLAKE_ACCOUNT",
+        ),
+        (
+            DatabaseError(
+                msg="Role 'AMPLITUDE_LOADER' specified in the connect string is not granted to "
+                "this user. Contact your local system administrator.",
+                errno=250001,
+            ),
+            UsageError,
+            "Snowflake role AMPLITUDE_LOADER is missing or not granted to LOADER",
+        ),
+    ],
+)
+def test_login_failures_become_one_line_without_the_password(monkeypatch, error, kind, expected):
+    def refuse(**kwargs):
+        raise error
+
+    monkeypatch.setattr(snowflake.connector, "connect", refuse)
+    with pytest.raises(PipelineError) as failure:
+        warehouse.connect(make_settings(**BASE, SNOWFLAKE_PASSWORD=SECRET))
+    assert type(failure.value) is kind
+    assert str(failure.value).startswith(expected)
+    assert SECRET not in str(failure.value) and "\n" not in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    "name, message, kind, expected",
+    [
+        (
+            "use_warehouse",
+            "SQL compilation error:\nObject does not exist, or operation cannot be performed.",
+            UsageError,
+            "warehouse AMPLITUDE_WH does not exist or the role may not use it: check "
+            "SNOWFLAKE_WAREHOUSE, or run worksheet 01",
+        ),
+        (
+            "use_schema",
+            "SQL compilation error:\nSchema 'AMPLITUDE.RAW' does not exist or not authorized.",
+            UsageError,
+            "schema AMPLITUDE.RAW does not exist or the role may not use it: check "
+            "SNOWFLAKE_DATABASE and SNOWFLAKE_SCHEMA, or run worksheet 01",
+        ),
+        (
+            "copy_raw",
+            "Failure using stage area. Cause: [Access Denied (Status Code: 403; Error Code: "
+            "AccessDenied)]",
+            PipelineError,
+            "Snowflake cannot read the stage's bucket (Failure using stage area.",
+        ),
+        (
+            "merge_events",
+            "No active warehouse selected in the current session.",
+            UsageError,
+            "no usable warehouse",
+        ),
+        (
+            "merge_events",
+            "Something else.\nDetail",
+            PipelineError,
+            "Snowflake merge_events failed: ",
+        ),
+    ],
+)
+def test_statement_failures_name_what_to_fix(name, message, kind, expected):
+    error = ProgrammingError(msg=message, errno=2003)
+    explained = warehouse.explain_statement(error, name, make_settings(**BASE))
+    assert type(explained) is kind
+    assert str(explained).startswith(expected)
+    assert "\n" not in str(explained)
+
+
+def test_copy_results_read_snowflakes_columns_and_its_zero_files_answer():
+    columns = ["file", "status", "rows_parsed", "rows_loaded", "error_limit", "errors_seen"]
+    columns += [
+        "first_error",
+        "first_error_line",
+        "first_error_character",
+        "first_error_column_name",
+    ]
+    rows = [
+        ("s3://b/amplitude/1/2026-11-20/1_2026-11-20_5#0.json", "LOADED", 3, 3, 1, 0) + (None,) * 4,
+        ("s3://b/amplitude/1/2026-11-20/1_2026-11-20_6#0.json", "LOAD_FAILED", 2, 0, 1, 1)
+        + ("Error parsing JSON: incomplete object value", 2, 9, None),
+    ]
+    got = copy_results(columns, rows)
+    assert [(f.status, f.rows_loaded, f.failed) for f in got] == [
+        ("LOADED", 3, False),
+        ("LOAD_FAILED", 0, True),
+    ]
+    assert got[1].first_error_line == 2
+    assert copy_results(["status"], [("Copy executed with 0 files processed.",)]) == []
+
+
+def test_summary_prints_each_file_totals_and_uploads_copy_did_not_see():
+    files = [
+        FileResult("s3://b/amplitude/1/d/1_d_5#0.json", "LOADED", 3),
+        FileResult("s3://b/amplitude/1/d/1_d_6#0.json", "LOAD_FAILED", 0, "bad JSON", 2),
+    ]
+    uploaded = ["amplitude/1/d/1_d_5#0.json", "amplitude/1/d/1_d_7#0.json"]
+    assert summary(files, 3, uploaded) == [
+        "loaded         3 rows  s3://b/amplitude/1/d/1_d_5#0.json",
+        "FAILED  s3://b/amplitude/1/d/1_d_6#0.json: bad JSON (line 2)",
+        "copy: 1 files loaded (3 rows), 1 failed",
+        "note: 1 of the 2 files uploaded this run are not in COPY's result: loaded before with "
+        "the same content, or outside the stage's URL (check worksheet 03's URL against "
+        "S3_BUCKET and S3_PREFIX)",
+        "merge: 3 new events in events",
+    ]

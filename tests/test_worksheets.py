@@ -1,0 +1,131 @@
+"""The worksheets parse as Snowflake SQL (sqlglot), and the template renderer behaves."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import sqlglot
+from sqlglot import exp
+
+from pipeline import worksheets
+from pipeline.errors import UsageError
+
+WORKSHEETS = sorted(worksheets.WORKSHEET_DIR.glob("*.sql"))
+DUMMY = {
+    "database": "AMPLITUDE",
+    "schema": "RAW",
+    "warehouse": "AMPLITUDE_WH",
+    "role": "AMPLITUDE_LOADER",
+    "user": "AMPLITUDE_LOADER",
+    "s3_bucket": "acme-amplitude",
+    "s3_prefix": "amplitude",
+    "aws_role_arn": "arn:aws:iam::123456789012:role/snowflake-amplitude",
+}
+# sqlglot 30 has no grammar for these; it falls back to exp.Command. Only these may.
+# For a pipe or task, the statement after AS is parsed on its own (below).
+COMMAND_ALLOWED = {
+    "create_role": "CREATE ROLE",
+    "grant_role_to_sysadmin": "GRANT",
+    "grant_role_to_user": "GRANT",
+    "create_pipe": "CREATE",
+    "show_pipe": "SHOW",
+    "refresh_pipe": "ALTER",
+    "create_merge_task": "CREATE",
+    "resume_merge_task": "ALTER",
+}
+
+
+def statements(path):
+    return worksheets.split(worksheets.render(path.read_text(encoding="utf-8"), DUMMY))
+
+
+def test_the_worksheets_are_numbered_in_order():
+    assert [p.name[:2] for p in WORKSHEETS] == ["01", "02", "03", "04", "05", "06", "07"]
+
+
+@pytest.mark.parametrize("path", WORKSHEETS, ids=lambda p: p.name)
+def test_every_statement_parses_as_snowflake_sql(path):
+    for statement in statements(path):
+        parsed = sqlglot.parse(statement.sql, read="snowflake", error_level="raise")
+        assert len(parsed) == 1, f"{path.name}:{statement.name} holds more than one statement"
+        tree = parsed[0]
+        if isinstance(tree, exp.Command):
+            assert statement.name in COMMAND_ALLOWED, (
+                f"{path.name}:{statement.name} is not understood by sqlglot (exp.Command); "
+                "fix it or add it to COMMAND_ALLOWED"
+            )
+            assert tree.name.upper() == COMMAND_ALLOWED[statement.name].split()[0]
+            body = re.split(r"\bAS\s*\n", statement.sql, maxsplit=1)
+            if len(body) == 2:  # CREATE PIPE / TASK ... AS <statement>: parse the statement
+                inner = sqlglot.parse_one(body[1], read="snowflake", error_level="raise")
+                assert isinstance(inner, exp.Copy | exp.Merge), statement.name
+
+
+def test_the_allowlist_names_only_statements_that_exist():
+    names = {s.name for p in WORKSHEETS for s in statements(p)}
+    assert set(COMMAND_ALLOWED) <= names
+
+
+def test_the_snowpipe_task_merges_exactly_like_worksheet_05():
+    def merge_tree(sql):
+        return sqlglot.parse_one(sql[sql.index("MERGE INTO") :], read="snowflake")
+
+    load = {s.name: s.sql for s in statements(worksheets.WORKSHEET_DIR / "05_copy_and_dedup.sql")}
+    pipe = {
+        s.name: s.sql for s in statements(worksheets.WORKSHEET_DIR / "07_snowpipe_optional.sql")
+    }
+    assert merge_tree(pipe["create_merge_task"]) == merge_tree(load["merge_events"])
+    copy_05 = sqlglot.parse_one(load["copy_raw"], read="snowflake")
+    copy_07 = sqlglot.parse_one(pipe["create_pipe"].split("AS\n", 1)[1], read="snowflake")
+    assert copy_07.this == copy_05.this and copy_07.args["files"] == copy_05.args["files"]
+
+
+def test_worksheet_02_names_the_two_trust_values_and_the_allowed_location():
+    text = (worksheets.WORKSHEET_DIR / "02_storage_integration.sql").read_text()
+    assert "STORAGE_AWS_IAM_USER_ARN" in text and "STORAGE_AWS_EXTERNAL_ID" in text
+    create = {
+        s.name: s.sql for s in statements(worksheets.WORKSHEET_DIR / "02_storage_integration.sql")
+    }
+    assert (
+        "STORAGE_ALLOWED_LOCATIONS = ('s3://acme-amplitude/amplitude/')"
+        in create["create_integration"]
+    )
+
+
+def test_render_fills_every_placeholder_like_snow_sql():
+    text = "USE SCHEMA <% database %>.<%schema%>; -- <% database %>"
+    assert worksheets.render(text, {"database": "D", "schema": "S"}) == "USE SCHEMA D.S; -- D"
+
+
+def test_render_names_missing_values():
+    with pytest.raises(UsageError, match="worksheet needs a value for: role, schema"):
+        worksheets.render("<% role %> <% schema %> <% x %>", {"x": "1"})
+
+
+@pytest.mark.parametrize("bad", ["a'b", "a;b", "a\nb", "", 'a"b'])
+def test_render_refuses_values_that_could_change_the_statement(bad):
+    with pytest.raises(UsageError, match="must be non-empty"):
+        worksheets.render("USE ROLE <% role %>", {"role": bad})
+
+
+def test_split_keeps_names_comments_and_strings_with_semicolons():
+    text = (
+        "-- intro\n-- name: one\nSELECT ';' AS a; -- trailing\n\n-- name: two\nSELECT 2;\n-- end\n"
+    )
+    got = worksheets.split(text)
+    assert [s.name for s in got] == ["one", "two"]
+    assert "SELECT ';' AS a;" in got[0].sql
+    assert worksheets.statement_name(got[1].sql) == "two"
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("SELECT 1;", "exactly one `-- name:`"),
+        ("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;", "duplicate statement names: a"),
+    ],
+)
+def test_split_requires_one_unique_name_per_statement(text, error):
+    with pytest.raises(ValueError, match=error):
+        worksheets.split(text)
