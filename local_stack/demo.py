@@ -1,0 +1,244 @@
+"""`make demo`: the whole pipeline on a local stack, with no accounts and no network.
+
+- Amplitude: the project's own export stand-in (local_stack.amplitude_server), serving
+  generated events with several shards an hour and an empty hour.
+- S3 and KMS: moto's server, set up by `setup_aws.py apply` as for a real account (less the
+  bucket policy, whose conditions moto cannot evaluate).
+- Snowflake: fakesnow's server (local_stack.snowflake_server), running the snowflake/
+  worksheets 01-04.
+
+Then it runs the real `extract.py` and `load.py --copy` as subprocesses, twice, checks that
+the counts agree and prints them. Every server runs in this process and stops with it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import snowflake.connector
+
+from local_stack.amplitude_server import ExportService, running
+from local_stack.snowflake_server import serve
+from pipeline import worksheets
+from pipeline.hours import default_end, format_hour
+from pipeline.layout import scan_local
+
+REPO = Path(__file__).resolve().parent.parent
+BUCKET = "demo-amplitude-events"
+PREFIX = "amplitude"
+KMS_ALIAS = "alias/amplitude-export"
+AWS_KEYS = ("demo-access-key", "demo-secret-key")  # moto accepts any
+SNOWFLAKE_VALUES = {
+    "database": "AMPLITUDE",
+    "schema": "RAW",
+    "warehouse": "AMPLITUDE_WH",
+    "role": "AMPLITUDE_LOADER",
+    "user": "fake",
+    "s3_bucket": BUCKET,
+    "s3_prefix": PREFIX,
+    "aws_role_arn": "arn:aws:iam::123456789012:role/amplitude-snowflake",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@dataclass
+class Counts:
+    served: int
+    local: int
+    objects: int
+    encrypted: int
+    rows: int
+    distinct_uuids: int
+
+
+def step(env: dict[str, str], *argv: str, quiet: bool = False) -> str:
+    """Run one of the project's commands as a subprocess; stop the demo if it fails."""
+    shown = " ".join(argv)
+    print(f"\n$ python {shown}", flush=True)
+    result = subprocess.run(
+        [sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    output = (result.stdout + result.stderr).rstrip()
+    if not quiet or result.returncode != 0:
+        print("\n".join(f"  {line}" for line in output.splitlines()))
+    if result.returncode != 0:
+        raise SystemExit(f"error: `python {shown}` exited {result.returncode}")
+    return result.stdout
+
+
+def run_worksheets(conn, names: list[str]) -> None:
+    cursor = conn.cursor()
+    for name in names:
+        path = next(worksheets.WORKSHEET_DIR.glob(f"{name}_*.sql"))
+        for statement in worksheets.load(path, SNOWFLAKE_VALUES):
+            cursor.execute(statement.sql)
+
+
+def count_events_local(data_dir: Path) -> int:
+    total = 0
+    for _, path in scan_local(data_dir):
+        with open(path, "rb") as f:
+            total += sum(1 for _ in f)
+    return total
+
+
+def counts(service: ExportService, data_dir: Path, s3, conn, served: int) -> Counts:
+    keys = [
+        obj["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PREFIX)
+        for obj in page.get("Contents", [])
+    ]
+    encrypted = sum(
+        1
+        for key in keys
+        if s3.head_object(Bucket=BUCKET, Key=key).get("ServerSideEncryption") == "aws:kms"
+    )
+    rows, distinct = (
+        conn.cursor().execute("SELECT COUNT(*), COUNT(DISTINCT uuid) FROM events").fetchone()
+    )
+    return Counts(served, count_events_local(data_dir), len(keys), encrypted, rows, distinct)
+
+
+def main() -> int:
+    started = time.monotonic()
+    now = datetime.now(UTC)
+    last = default_end(now)
+    first = (last - timedelta(hours=30)).replace(hour=0)
+    empty = first + timedelta(hours=5)
+    work = Path(tempfile.mkdtemp(prefix="amplitude-demo-"))
+    data_dir = work / "json_data"
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        print("starting the local stack: Amplitude stand-in, moto (S3, KMS, IAM), fakesnow")
+        s3_endpoint = stack.enter_context(moto_server())
+        service = ExportService(
+            first=first, last=now, events_per_hour=20, shards=3, empty_hours={empty}, seed=42
+        )
+        export_url = stack.enter_context(running(service))
+        snowflake_server = stack.enter_context(serve(s3_endpoint, credentials=AWS_KEYS))
+
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(work),
+            "LOG_LEVEL": "WARNING",
+            "AMPLITUDE_API_KEY": service.api_key,
+            "AMPLITUDE_SECRET_KEY": service.secret_key,
+            "AMPLITUDE_EXPORT_URL": export_url,
+            "JSON_DATA_DIR": str(data_dir),
+            "S3_BUCKET": BUCKET,
+            "S3_PREFIX": PREFIX,
+            "KMS_KEY_ID": KMS_ALIAS,
+            "AWS_ACCESS_KEY_ID": AWS_KEYS[0],
+            "AWS_SECRET_ACCESS_KEY": AWS_KEYS[1],
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": s3_endpoint,
+            "AWS_CONFIG_FILE": str(work / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(work / "no-aws-credentials"),
+            "SNOWFLAKE_ROLE": SNOWFLAKE_VALUES["role"],
+            "SNOWFLAKE_WAREHOUSE": SNOWFLAKE_VALUES["warehouse"],
+            "SNOWFLAKE_DATABASE": SNOWFLAKE_VALUES["database"],
+            "SNOWFLAKE_SCHEMA": SNOWFLAKE_VALUES["schema"],
+            **snowflake_server.settings(),
+        }
+
+        step(env, "setup_aws.py", "apply", "--skip-bucket-policy", quiet=True)
+        print("  KMS key, bucket (versioned, SSE-KMS default, public access blocked), IAM: done")
+        conn = snowflake.connector.connect(
+            **{
+                k.removeprefix("SNOWFLAKE_").lower(): v
+                for k, v in snowflake_server.settings().items()
+            },
+            session_parameters={"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
+        )
+        stack.callback(conn.close)
+        run_worksheets(conn, ["01", "03", "04"])
+        skipped = ", ".join(dict.fromkeys(snowflake_server.report.skipped))
+        print(f"\nSnowflake worksheets 01, 03, 04 run on fakesnow (skipped there: {skipped})")
+        conn.cursor().execute(
+            f"USE SCHEMA {SNOWFLAKE_VALUES['database']}.{SNOWFLAKE_VALUES['schema']}"
+        )
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=s3_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=AWS_KEYS[0],
+            aws_secret_access_key=AWS_KEYS[1],
+        )
+
+        step(env, "extract.py", "--days", "1")
+        served_first = service.events_served
+        step(env, "load.py", "--copy")
+        first_run = counts(service, data_dir, s3, conn, served_first)
+        requests_before = len(service.requests)
+
+        print("\nsecond run (incremental refresh):")
+        step(env, "extract.py")
+        again = service.requests[requests_before:]
+        step(env, "load.py", "--copy")
+        second_run = counts(service, data_dir, s3, conn, served_first)
+
+        print_table(first_run, second_run, again, now, started)
+        ok = (
+            first_run.served == first_run.local == first_run.rows == first_run.distinct_uuids
+            and first_run.objects == first_run.encrypted == len(scan_local(data_dir))
+            and second_run.rows == first_run.rows
+            and second_run.objects == first_run.objects
+        )
+        if not ok:
+            print("error: the counts disagree", file=sys.stderr)
+            return 1
+    return 0
+
+
+def print_table(first: Counts, second: Counts, again, now: datetime, started: float) -> None:
+    print()
+    print(f"{'':34}{'first run':>12}{'second run':>12}")
+    for label, a, b in [
+        ("events served by Amplitude", first.served, second.served),
+        ("events in json_data/", first.local, second.local),
+        ("objects in S3", first.objects, second.objects),
+        ("  of which SSE-KMS encrypted", first.encrypted, second.encrypted),
+        ("rows in events", first.rows, second.rows),
+        ("distinct uuids in events", first.distinct_uuids, second.distinct_uuids),
+    ]:
+        print(f"{label:34}{a:>12}{b:>12}")
+    windows = ", ".join(f"{s}..{e}" for s, e in again) or "nothing"
+    print(
+        f"\nsecond run asked Amplitude for {windows} only (the newest hour held, "
+        f"{format_hour(default_end(now))}), and added no object and no row."
+    )
+    print(f"demo finished in {time.monotonic() - started:.1f} s; every server stopped.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
