@@ -13,6 +13,7 @@ the counts agree and prints them. Every server runs in this process and stops wi
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -32,7 +33,7 @@ import snowflake.connector
 from local_stack.amplitude_server import ExportService, running
 from local_stack.snowflake_server import serve
 from pipeline import worksheets
-from pipeline.hours import default_end, format_hour
+from pipeline.hours import default_end
 from pipeline.layout import scan_local
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,16 +82,25 @@ class Counts:
     distinct_uuids: int
 
 
-def step(env: dict[str, str], *argv: str, quiet: bool = False) -> str:
+def step(env: dict[str, str], *argv: str, show: int = 12) -> str:
     """Run one of the project's commands as a subprocess; stop the demo if it fails."""
     shown = " ".join(argv)
     print(f"\n$ python {shown}", flush=True)
     result = subprocess.run(
         [sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
-    output = (result.stdout + result.stderr).rstrip()
-    if not quiet or result.returncode != 0:
-        print("\n".join(f"  {line}" for line in output.splitlines()))
+    lines = (result.stdout + result.stderr).rstrip().splitlines()
+    if result.returncode != 0:
+        show = len(lines)  # a failure shows everything
+    if len(lines) > show:
+        head = show // 2
+        lines = [
+            *lines[:head],
+            f"... ({len(lines) - show} lines)",
+            *lines[len(lines) - show + head :],
+        ]
+    if show:
+        print("\n".join(f"  {line}" for line in lines))
     if result.returncode != 0:
         raise SystemExit(f"error: `python {shown}` exited {result.returncode}")
     return result.stdout
@@ -129,11 +139,31 @@ def counts(service: ExportService, data_dir: Path, s3, conn, served: int) -> Cou
     return Counts(served, count_events_local(data_dir), len(keys), encrypted, rows, distinct)
 
 
-def main() -> int:
-    started = time.monotonic()
+@dataclass
+class DemoResult:
+    first: Counts
+    second: Counts
+    second_requests: list[tuple[str, str]]
+    files: int
+
+    @property
+    def ok(self) -> bool:
+        f, s = self.first, self.second
+        return (
+            f.served == f.local == f.rows == f.distinct_uuids > 0
+            and f.objects == f.encrypted == self.files
+            and s == f
+            and len(self.second_requests) == 1
+        )
+
+
+def run_demo(events_per_hour: int = 20, shards: int = 3) -> DemoResult:
+    """Start the stack, run the pipeline twice, count; every server stops on return."""
+    for noisy in ("werkzeug", "fakesnow.server", "uvicorn.error", "sqlglot"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)  # request logs of the stand-ins
     now = datetime.now(UTC)
     last = default_end(now)
-    first = (last - timedelta(hours=30)).replace(hour=0)
+    first = last.replace(hour=0) - timedelta(days=1)  # where `extract.py --days 1` starts
     empty = first + timedelta(hours=5)
     work = Path(tempfile.mkdtemp(prefix="amplitude-demo-"))
     data_dir = work / "json_data"
@@ -142,7 +172,12 @@ def main() -> int:
         print("starting the local stack: Amplitude stand-in, moto (S3, KMS, IAM), fakesnow")
         s3_endpoint = stack.enter_context(moto_server())
         service = ExportService(
-            first=first, last=now, events_per_hour=20, shards=3, empty_hours={empty}, seed=42
+            first=first,
+            last=now,
+            events_per_hour=events_per_hour,
+            shards=shards,
+            empty_hours={empty},
+            seed=42,
         )
         export_url = stack.enter_context(running(service))
         snowflake_server = stack.enter_context(serve(s3_endpoint, credentials=AWS_KEYS))
@@ -171,7 +206,7 @@ def main() -> int:
             **snowflake_server.settings(),
         }
 
-        step(env, "setup_aws.py", "apply", "--skip-bucket-policy", quiet=True)
+        step(env, "setup_aws.py", "apply", "--skip-bucket-policy", show=0)
         print("  KMS key, bucket (versioned, SSE-KMS default, public access blocked), IAM: done")
         conn = snowflake.connector.connect(
             **{
@@ -207,20 +242,21 @@ def main() -> int:
         step(env, "load.py", "--copy")
         second_run = counts(service, data_dir, s3, conn, served_first)
 
-        print_table(first_run, second_run, again, now, started)
-        ok = (
-            first_run.served == first_run.local == first_run.rows == first_run.distinct_uuids
-            and first_run.objects == first_run.encrypted == len(scan_local(data_dir))
-            and second_run.rows == first_run.rows
-            and second_run.objects == first_run.objects
-        )
-        if not ok:
-            print("error: the counts disagree", file=sys.stderr)
-            return 1
+        return DemoResult(first_run, second_run, again, len(scan_local(data_dir)))
+
+
+def main() -> int:
+    started = time.monotonic()
+    result = run_demo()
+    print_table(result, started)
+    if not result.ok:
+        print("error: the counts disagree", file=sys.stderr)
+        return 1
     return 0
 
 
-def print_table(first: Counts, second: Counts, again, now: datetime, started: float) -> None:
+def print_table(result: DemoResult, started: float) -> None:
+    first, second = result.first, result.second
     print()
     print(f"{'':34}{'first run':>12}{'second run':>12}")
     for label, a, b in [
@@ -232,10 +268,10 @@ def print_table(first: Counts, second: Counts, again, now: datetime, started: fl
         ("distinct uuids in events", first.distinct_uuids, second.distinct_uuids),
     ]:
         print(f"{label:34}{a:>12}{b:>12}")
-    windows = ", ".join(f"{s}..{e}" for s, e in again) or "nothing"
+    windows = ", ".join(f"{s}..{e}" for s, e in result.second_requests) or "nothing"
     print(
-        f"\nsecond run asked Amplitude for {windows} only (the newest hour held, "
-        f"{format_hour(default_end(now))}), and added no object and no row."
+        f"\nthe second run asked Amplitude only for {windows} (the newest hour held) "
+        f"and added {second.objects - first.objects} objects and {second.rows - first.rows} rows."
     )
     print(f"demo finished in {time.monotonic() - started:.1f} s; every server stopped.")
 
