@@ -59,3 +59,15 @@ def make_settings(**values: str) -> Settings:
     merged = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     merged.update(values)
     return Settings(values=merged)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's server over real HTTP on 127.0.0.1 and a free port; yields the endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
