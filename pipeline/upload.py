@@ -49,6 +49,7 @@ TRANSFER_CONFIG = TransferConfig(
     max_concurrency=CONCURRENCY,
     use_threads=True,
 )
+EXPECT_CONTINUE_FROM = 8 * MB  # smaller PUTs go without `Expect: 100-continue`
 RAW_SIZE = "raw-size"  # object metadata (x-amz-meta-raw-size) on .gz objects
 CONTENT_TYPE = "application/json"
 GZIP_LEVEL = 6
@@ -195,18 +196,31 @@ def head_raw_size(s3, bucket: str, key: str) -> int | None:
     return int(raw) if raw is not None and raw.isdigit() else None
 
 
-def enable_bucket_key(s3) -> None:
-    """Send BucketKeyEnabled=True with every PutObject and CreateMultipartUpload.
+def prepare_client(s3) -> None:
+    """Two request tweaks, registered once on the client that uploads.
 
-    boto3's transfer manager does not accept BucketKeyEnabled in ExtraArgs, so it is added
-    where botocore builds the request.
+    - BucketKeyEnabled=True on every PutObject and CreateMultipartUpload: boto3's transfer
+      manager does not accept it in ExtraArgs, so it is added where botocore builds the
+      request.
+    - No `Expect: 100-continue` on small PUTs: botocore adds it to every file body, which
+      costs a round trip per file; it only pays off for bodies worth not sending twice.
     """
+    if getattr(s3.meta, "_amplitude_loader_ready", False):
+        return
 
-    def add(params: dict, **_: object) -> None:
+    def bucket_key(params: dict, **_: object) -> None:
         params["BucketKeyEnabled"] = True
 
+    def no_continue_for_small_bodies(request, **_: object) -> None:
+        headers = request.headers
+        size = headers.get("X-Amz-Decoded-Content-Length") or headers.get("Content-Length")
+        if size is not None and int(size) < EXPECT_CONTINUE_FROM:
+            headers.pop("Expect", None)
+
     for op in ("PutObject", "CreateMultipartUpload"):
-        s3.meta.events.register(f"before-parameter-build.s3.{op}", add)
+        s3.meta.events.register(f"before-parameter-build.s3.{op}", bucket_key)
+    s3.meta.events.register("before-send.s3.PutObject", no_continue_for_small_bodies)
+    s3.meta._amplitude_loader_ready = True
 
 
 def gzip_to_temp(src: Path, folder: Path) -> tuple[Path, int]:
@@ -245,7 +259,8 @@ class Progress:
             disable=not self.enabled,
             file=sys.stderr,
         )
-        self._next_log = max(1, files // 10)
+        self._step = files // 10 if files >= 20 else files  # small runs: the last line only
+        self._next_log = self._step
 
     def file_done(self, raw_bytes: int) -> None:
         self.done += 1
@@ -253,7 +268,7 @@ class Progress:
         self.bar.set_postfix_str(f"{self.done}/{self.files} files", refresh=False)
         if not self.enabled and (self.done >= self._next_log or self.done == self.files):
             log.info("uploaded %d/%d files", self.done, self.files)
-            self._next_log = self.done + max(1, self.files // 10)
+            self._next_log = self.done + self._step
 
     def close(self) -> None:
         self.bar.close()
@@ -276,7 +291,7 @@ def upload_all(
     outcome = Outcome()
     if not uploads:
         return outcome
-    enable_bucket_key(s3)
+    prepare_client(s3)
     base_args = {
         "ServerSideEncryption": "aws:kms",
         "SSEKMSKeyId": kms_key,
