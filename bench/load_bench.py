@@ -128,7 +128,7 @@ def clear_prefix(s3, prefix: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=1200)
+    parser.add_argument("--files", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--gzip", action="store_true", help="load.py with S3_GZIP=true too")
     args = parser.parse_args()

@@ -133,7 +133,10 @@ def walk_local(root: Path) -> list[LocalFile]:
             elif f is None:
                 log.warning("%s is not in the json_data layout: left alone", path)
             else:
-                st = path.stat()
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # removed since the folder was read
+                    continue
                 found.append(LocalFile(f, path, st.st_size, st.st_mtime_ns))
     found.sort(key=lambda lf: lf.file)
     return found
@@ -190,7 +193,12 @@ def head_raw_size(s3, bucket: str, key: str) -> int | None:
     """The raw (uncompressed) size stored in a .gz object's metadata, or None."""
     try:
         meta = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
-    except (ClientError, BotoCoreError) as exc:
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey"}:
+            log.debug("%s is gone since the listing", key)
+            return None
+        raise explain(exc, action="s3:GetObject", bucket=bucket) from exc
+    except BotoCoreError as exc:
         raise explain(exc, action="s3:GetObject", bucket=bucket) from exc
     raw = meta.get(RAW_SIZE)
     return int(raw) if raw is not None and raw.isdigit() else None
