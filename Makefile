@@ -4,9 +4,14 @@ BIN := $(VENV)/bin
 
 .PHONY: test demo lint format clean aws-policies bench-load
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+# Two stamps: `make demo` installs the pipeline and its local stack, `make test` adds the tools.
+$(BIN)/.demo-installed: requirements.txt requirements-demo.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-demo.txt
+	touch $@
+
+$(BIN)/.installed: $(BIN)/.demo-installed requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
@@ -15,8 +20,8 @@ test: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-demo: $(BIN)/.installed
-	@echo "make demo: not yet (see the demo issue)"
+demo: $(BIN)/.demo-installed
+	$(BIN)/python -m local_stack.demo
 
 # Rewrite aws/*.json (the console copies of the policies) from pipeline/aws_policies.py.
 aws-policies: $(BIN)/.installed

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pipeline.errors import PipelineError, UsageError
 
 PROJECT_LOGGER = "pipeline"
+MIN_SECRET = 4
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -26,7 +27,9 @@ class RedactingFormatter(logging.Formatter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__(_FORMAT)
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # A value of a few characters is no secret worth hiding, and replacing it everywhere
+        # would garble every line; real keys and passwords are far longer.
+        self.secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:

@@ -79,3 +79,22 @@ def test_split_windows_and_halves():
     assert (str(a), str(b)) == ("20261120T00..20261120T00", "20261120T01..20261120T02")
     with pytest.raises(UsageError):
         split_windows(h("20261120T00"), h("20261120T01"), 0)
+
+
+def test_redaction_hides_secrets_in_messages_and_tracebacks():
+    import logging
+
+    from pipeline.cli import RedactingFormatter
+
+    fmt = RedactingFormatter(["s3cr3t-value", "x"])
+    try:
+        raise ValueError("token s3cr3t-value leaked")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord(
+            "pipeline", logging.ERROR, "f", 1, "%s", ("s3cr3t-value",), sys.exc_info()
+        )
+    text = fmt.format(record)
+    assert "s3cr3t-value" not in text and "ValueError: token *** leaked" in text
+    assert "x" in text  # a one-character value is not redacted everywhere
