@@ -556,29 +556,7 @@ def ensure_loader(
     )
     if apply and not found:
         _call(f"iam:CreateUser {user}", iam.create_user, UserName=user)
-    attached = (
-        _call(
-            f"iam:ListAttachedUserPolicies {user}", iam.list_attached_user_policies, UserName=user
-        )["AttachedPolicies"]
-        if found
-        else []
-    )
-    is_attached = any(p["PolicyArn"] == policy_arn for p in attached)
-    out.changes.append(
-        Change(
-            "iam user policy attachment",
-            user,
-            EXISTS if is_attached else CREATE,
-            LOADER_POLICY_NAME,
-        )
-    )
-    if apply and not is_attached:
-        _call(
-            f"iam:AttachUserPolicy {user}",
-            iam.attach_user_policy,
-            UserName=user,
-            PolicyArn=policy_arn,
-        )
+    ensure_attached(clients, out, "user", user, found is not None, policy_arn, apply)
     if access_key_env is not None:
         ensure_access_key(clients, user, found is not None, out, apply, access_key_env)
 
@@ -658,27 +636,38 @@ def ensure_snowflake_role(
                 AssumeRolePolicyDocument=json.dumps(placeholder),
                 Description="Snowflake storage integration: reads the Amplitude export",
             )
+    ensure_attached(clients, out, "role", role, found is not None, policy_arn, apply)
+
+
+def ensure_attached(
+    clients: Clients, out: Outcome, kind: str, name: str, exists: bool, policy_arn: str, apply: bool
+) -> None:
+    """Attach a managed policy to an IAM user or role ("user"/"role") unless it already is."""
+    iam = clients.iam
+    title = kind.capitalize()
     attached = (
         _call(
-            f"iam:ListAttachedRolePolicies {role}", iam.list_attached_role_policies, RoleName=role
+            f"iam:ListAttached{title}Policies {name}",
+            getattr(iam, f"list_attached_{kind}_policies"),
+            **{f"{title}Name": name},
         )["AttachedPolicies"]
-        if found
+        if exists
         else []
     )
     is_attached = any(p["PolicyArn"] == policy_arn for p in attached)
     out.changes.append(
         Change(
-            "iam role policy attachment",
-            role,
+            f"iam {kind} policy attachment",
+            name,
             EXISTS if is_attached else CREATE,
-            SNOWFLAKE_POLICY_NAME,
+            policy_arn.rsplit("/", 1)[-1],
         )
     )
     if apply and not is_attached:
         _call(
-            f"iam:AttachRolePolicy {role}",
-            iam.attach_role_policy,
-            RoleName=role,
+            f"iam:Attach{title}Policy {name}",
+            getattr(iam, f"attach_{kind}_policy"),
+            **{f"{title}Name": name},
             PolicyArn=policy_arn,
         )
 
