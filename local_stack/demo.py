@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -161,6 +162,7 @@ def run_demo(events_per_hour: int = 20, shards: int = 3) -> DemoResult:
     """Start the stack, run the pipeline twice, count; every server stops on return."""
     for noisy in ("werkzeug", "fakesnow.server", "uvicorn.error", "sqlglot"):
         logging.getLogger(noisy).setLevel(logging.ERROR)  # request logs of the stand-ins
+    warnings.filterwarnings("ignore", "Arrow output on a DB-API result", UserWarning)  # fakesnow
     now = datetime.now(UTC)
     last = default_end(now)
     first = last.replace(hour=0) - timedelta(days=1)  # where `extract.py --days 1` starts
