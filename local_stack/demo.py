@@ -29,13 +29,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
-import snowflake.connector
 
 from local_stack.amplitude_server import ExportService, running
 from local_stack.snowflake_server import serve
-from pipeline import worksheets
+from pipeline import warehouse, worksheets
 from pipeline.hours import default_end
 from pipeline.layout import scan_local
+from pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "demo-amplitude-events"
@@ -210,13 +210,7 @@ def run_demo(events_per_hour: int = 20, shards: int = 3) -> DemoResult:
 
         step(env, "setup_aws.py", "apply", "--skip-bucket-policy", show=0)
         print("  KMS key, bucket (versioned, SSE-KMS default, public access blocked), IAM: done")
-        conn = snowflake.connector.connect(
-            **{
-                k.removeprefix("SNOWFLAKE_").lower(): v
-                for k, v in snowflake_server.settings().items()
-            },
-            session_parameters={"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
-        )
+        conn = warehouse.connect(Settings(values=env))  # as load.py --copy connects
         stack.callback(conn.close)
         run_worksheets(conn, ["01", "03", "04"])
         skipped = ", ".join(dict.fromkeys(snowflake_server.report.skipped))
