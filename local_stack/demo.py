@@ -33,7 +33,7 @@ import boto3
 from local_stack.amplitude_server import ExportService, running
 from local_stack.snowflake_server import serve
 from pipeline import warehouse, worksheets
-from pipeline.hours import default_end
+from pipeline.hours import default_end, format_hour
 from pipeline.layout import scan_local
 from pipeline.settings import Settings
 
@@ -226,14 +226,17 @@ def run_demo(events_per_hour: int = 20, shards: int = 3) -> DemoResult:
             aws_secret_access_key=AWS_KEYS[1],
         )
 
-        step(env, "extract.py", "--days", "1")
+        # --end pinned to the newest finished hour as computed once, so that a run crossing the
+        # top of an hour still compares like with like; --start is left to the default.
+        end = format_hour(last)
+        step(env, "extract.py", "--days", "1", "--end", end)
         served_first = service.events_served
         step(env, "load.py", "--copy")
         first_run = counts(service, data_dir, s3, conn, served_first)
         requests_before = len(service.requests)
 
         print("\nsecond run (incremental refresh):")
-        step(env, "extract.py")
+        step(env, "extract.py", "--end", end)
         again = service.requests[requests_before:]
         step(env, "load.py", "--copy")
         second_run = counts(service, data_dir, s3, conn, served_first)
