@@ -6,6 +6,8 @@ import base64
 import gzip
 import io
 import json
+import os
+import subprocess
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -449,3 +451,23 @@ def test_no_secret_in_any_output_even_at_debug(env, frozen, data_dir, capsys):
     for text in (out, err):
         assert SECRET not in text and API_KEY not in text and token not in text
     assert "DEBUG" in err or "INFO" in err  # the project's own logging did run
+
+
+def test_staging_left_by_a_killed_run_is_removed_but_a_live_ones_is_kept(data_dir):
+    from pipeline.extraction import STAGING_PREFIX, clean_stale_staging
+
+    dead = _dead_pid()  # a process that has exited
+    stale = data_dir / f"{STAGING_PREFIX}{dead}-abc123"
+    live = data_dir / f"{STAGING_PREFIX}{os.getpid()}-def456"
+    for folder in (stale, live):
+        (folder / str(PID)).mkdir(parents=True)
+        (folder / str(PID) / "half.json").write_bytes(b"{}")
+    clean_stale_staging(data_dir)
+    assert not stale.exists()
+    assert live.exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
