@@ -7,6 +7,8 @@ Amplitude's zip member `<pid>/<pid>_<YYYY-MM-DD>_<H>#<n>.json.gz` becomes the lo
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +17,8 @@ from pathlib import Path
 _NAME = re.compile(
     r"(?P<project>\d+)_(?P<date>\d{4}-\d{2}-\d{2})_(?P<hour>\d{1,2})#(?P<shard>\d+)\.json"
 )
+log = logging.getLogger("pipeline.layout")
+
 # Prefix of the folders and files that are being written and must be ignored by readers.
 TEMP_PREFIX = ".tmp-"
 
@@ -94,19 +98,24 @@ def parse_key(prefix: str, key: str) -> tuple[ExportFile, bool] | None:
 
 
 def scan_local(root: Path) -> list[tuple[ExportFile, Path]]:
-    """Every export file under `root`, in time order; temporary names are not included."""
+    """Every export file under `root` (os.walk, any depth), in time order.
+
+    Temporary names (being written) and files outside the layout are logged and left alone.
+    """
     found: list[tuple[ExportFile, Path]] = []
-    if not root.is_dir():
-        return found
-    for project_dir in root.iterdir():
-        if not project_dir.is_dir() or project_dir.name.startswith("."):
-            continue
-        for date_dir in project_dir.iterdir():
-            if not date_dir.is_dir():
-                continue
-            for path in date_dir.iterdir():
-                f = parse_relpath(f"{project_dir.name}/{date_dir.name}/{path.name}")
-                if f is not None and path.is_file():
-                    found.append((f, path))
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in sorted(d for d in dirnames if d.startswith(TEMP_PREFIX)):
+            log.info("leaving temporary folder %s alone", here / name)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(TEMP_PREFIX))
+        for name in sorted(filenames):
+            path = here / name
+            f = parse_relpath(path.relative_to(root).as_posix())
+            if name.startswith(TEMP_PREFIX):
+                log.info("leaving temporary file %s alone (still being written?)", path)
+            elif f is None:
+                log.warning("%s is not in the json_data layout: left alone", path)
+            else:
+                found.append((f, path))
     found.sort()
     return found

@@ -34,7 +34,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.layout import TEMP_PREFIX, ExportFile, parse_relpath, s3_key
+from pipeline.layout import TEMP_PREFIX, ExportFile, s3_key, scan_local
 from pipeline.s3 import HeldObject, explain, is_systemic
 
 log = logging.getLogger("pipeline.upload")
@@ -114,31 +114,17 @@ class Outcome:
 
 
 def walk_local(root: Path) -> list[LocalFile]:
-    """Every export file under `root` (os.walk, any depth); other files are logged and left."""
+    """Every export file under `root` (layout.scan_local), with its size and mtime."""
     found: list[LocalFile] = []
     if not root.is_dir():
         log.info("%s does not exist: nothing to upload", root)
         return found
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        for name in sorted(d for d in dirnames if d.startswith(TEMP_PREFIX)):
-            log.info("leaving temporary folder %s alone", here / name)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(TEMP_PREFIX))
-        for name in sorted(filenames):
-            path = here / name
-            rel = path.relative_to(root).as_posix()
-            f = parse_relpath(rel)
-            if name.startswith(TEMP_PREFIX):
-                log.info("leaving temporary file %s alone (still being written?)", path)
-            elif f is None:
-                log.warning("%s is not in the json_data layout: left alone", path)
-            else:
-                try:
-                    st = path.stat()
-                except FileNotFoundError:  # removed since the folder was read
-                    continue
-                found.append(LocalFile(f, path, st.st_size, st.st_mtime_ns))
-    found.sort(key=lambda lf: lf.file)
+    for f, path in scan_local(root):
+        try:
+            st = path.stat()
+        except FileNotFoundError:  # removed since the folder was read
+            continue
+        found.append(LocalFile(f, path, st.st_size, st.st_mtime_ns))
     return found
 
 
