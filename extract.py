@@ -51,10 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     newest = newest_held_hour(settings.json_data_dir, held)
     plan = plan_windows(datetime.now(UTC), start, end, args.days, args.window_hours, newest)
 
-    if args.dry_run:
-        print("\n".join(dry_run_lines(plan, base_url)))
-        return 0
-    if not plan.windows:
+    if args.dry_run or not plan.windows:  # show the plan, or that there is nothing to do
         print("\n".join(dry_run_lines(plan, base_url)))
         return 0
     auth = (

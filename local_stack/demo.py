@@ -28,13 +28,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import boto3
-
 from local_stack.amplitude_server import ExportService, running
 from local_stack.snowflake_server import serve
 from pipeline import warehouse, worksheets
 from pipeline.hours import default_end, format_hour
 from pipeline.layout import scan_local
+from pipeline.s3 import client as s3_client
 from pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,7 +122,7 @@ def count_events_local(data_dir: Path) -> int:
     return total
 
 
-def counts(service: ExportService, data_dir: Path, s3, conn, served: int) -> Counts:
+def counts(data_dir: Path, s3, conn, served: int) -> Counts:
     keys = [
         obj["Key"]
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PREFIX)
@@ -210,7 +209,8 @@ def run_demo(events_per_hour: int = 20, shards: int = 3) -> DemoResult:
 
         step(env, "setup_aws.py", "apply", "--skip-bucket-policy", show=0)
         print("  KMS key, bucket (versioned, SSE-KMS default, public access blocked), IAM: done")
-        conn = warehouse.connect(Settings(values=env))  # as load.py --copy connects
+        settings = Settings(values=env)
+        conn = warehouse.connect(settings)  # as load.py --copy connects
         stack.callback(conn.close)
         run_worksheets(conn, ["01", "03", "04"])
         skipped = ", ".join(dict.fromkeys(snowflake_server.report.skipped))
@@ -218,13 +218,7 @@ def run_demo(events_per_hour: int = 20, shards: int = 3) -> DemoResult:
         conn.cursor().execute(
             f"USE SCHEMA {SNOWFLAKE_VALUES['database']}.{SNOWFLAKE_VALUES['schema']}"
         )
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=s3_endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=AWS_KEYS[0],
-            aws_secret_access_key=AWS_KEYS[1],
-        )
+        s3 = s3_client(settings)  # as load.py reaches S3
 
         # --end pinned to the newest finished hour as computed once, so that a run crossing the
         # top of an hour still compares like with like; --start is left to the default.
@@ -232,14 +226,14 @@ def run_demo(events_per_hour: int = 20, shards: int = 3) -> DemoResult:
         step(env, "extract.py", "--days", "1", "--end", end)
         served_first = service.events_served
         step(env, "load.py", "--copy")
-        first_run = counts(service, data_dir, s3, conn, served_first)
+        first_run = counts(data_dir, s3, conn, served_first)
         requests_before = len(service.requests)
 
         print("\nsecond run (incremental refresh):")
         step(env, "extract.py", "--end", end)
         again = service.requests[requests_before:]
         step(env, "load.py", "--copy")
-        second_run = counts(service, data_dir, s3, conn, served_first)
+        second_run = counts(data_dir, s3, conn, served_first)
 
         return DemoResult(first_run, second_run, again, len(scan_local(data_dir)))
 
