@@ -86,6 +86,12 @@ def s3_key(prefix: str, f: ExportFile, gzip: bool = False) -> str:
     return key + ".gz" if gzip else key
 
 
+def manifest_prefix(prefix: str) -> str:
+    """Where the manifests (pipeline.manifest) live in S3: a sibling of the data prefix, so the
+    stage (`s3://<bucket>/<prefix>/`) never reads them, e.g. `amplitude-manifests`."""
+    return f"{prefix}-manifests"
+
+
 def parse_key(prefix: str, key: str) -> tuple[ExportFile, bool] | None:
     """Parse an S3 key under `prefix`: (file, is_gzip), or None if it is not in the layout."""
     head = f"{prefix}/" if prefix else ""
