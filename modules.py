@@ -5,8 +5,10 @@ so memory stays flat whatever the export's size. zipfile checks each member's CR
 the inflater checks each gzip member's CRC-32 and length; any mismatch or truncation raises
 `CorruptExport`. The inflater is ISA-L's (the `isal` package, about twice zlib's speed) when
 installed, else the standard library's zlib: both check the gzip trailer the same way.
-Files are staged under a temporary folder and only `commit` moves them into json_data/, in
-time order, by rename.
+Each file's CRC-32 is computed on the way (the value the gzip trailer carries for the same
+bytes), fsynced under its staging name, and only `commit` moves it into json_data/, in time
+order, by rename, fsyncing each folder after: a committed file is complete even after a
+power loss.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ try:
 except ImportError:  # pragma: no cover - isal is in requirements.txt; zlib does the same job
     INFLATER = zlib
 
+from pipeline.durable import fsync_dir, fsync_file, make_dirs
 from pipeline.layout import ExportFile, local_path, parse_member
 
 log = logging.getLogger("pipeline.modules")
@@ -44,18 +47,19 @@ class StagedFile:
     path: Path  # where it was staged
     size: int  # gunzipped bytes
     events: int  # lines
+    crc32: str  # CRC-32 of the gunzipped bytes, 8 hex digits
 
 
 def gunzip_stream(
     src: BinaryIO, dst: BinaryIO, chunk: int = CHUNK, inflater_module: ModuleType = INFLATER
-) -> tuple[int, int]:
-    """Gunzip `src` into `dst` (multi-member gzip too); return (bytes written, events).
+) -> tuple[int, int, int]:
+    """Gunzip `src` into `dst` (multi-member gzip too); return (bytes, events, CRC-32).
 
     Output is produced at most `chunk` bytes at a time, so even a highly compressed member
-    never expands in memory.
+    never expands in memory. An empty input (a zero-byte zip member) is an empty file.
     """
     inflater = inflater_module.decompressobj(_GZIP)
-    size = events = 0
+    crc = size = events = 0
     last = b"\n"
     seen_input = False
     while data := src.read(chunk):
@@ -69,6 +73,7 @@ def gunzip_stream(
                 raise CorruptExport(f"gzip data is corrupt ({exc})") from exc
             if out:
                 dst.write(out)
+                crc = inflater_module.crc32(out, crc)
                 size += len(out)
                 events += out.count(b"\n")
                 last = out[-1:]
@@ -80,20 +85,25 @@ def gunzip_stream(
                 data = inflater.unconsumed_tail
                 if not data and len(out) < chunk:  # input used up, no output held back
                     break
-    if not seen_input or not inflater.eof:
+    if not seen_input:
+        return 0, 0, 0
+    if not inflater.eof:
         raise CorruptExport("gzip data is truncated")
     if size and last != b"\n":
         events += 1  # a last line without its newline is still an event
-    return size, events
+    return size, events, crc
 
 
 def unpack_archive(archive: Path, staging: Path, chunk: int = CHUNK) -> list[StagedFile]:
-    """Unpack every member of `archive` into `staging/<pid>/<date>/<name>.json`.
+    """Unpack every member of `archive` into `staging/<pid>/<date>/<name>.json`, fsynced.
 
-    Raises CorruptExport if the archive or any member is damaged; the caller then discards
-    the whole staging folder, so nothing of a damaged window ever reaches json_data/.
+    Raises CorruptExport if the archive or any member is damaged, if a member is not in
+    Amplitude's layout (`<pid>/<pid>_<YYYY-MM-DD>_<H>#<n>.json.gz`, ASCII digits), or if two
+    members name the same file (`_7#0` and `_07#0`); the caller then discards the whole
+    staging folder, so nothing of a doubtful window ever reaches json_data/.
     """
     staged: list[StagedFile] = []
+    seen: dict[ExportFile, str] = {}
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
@@ -101,20 +111,24 @@ def unpack_archive(archive: Path, staging: Path, chunk: int = CHUNK) -> list[Sta
                     continue
                 found = parse_member(info.filename)
                 if found is None:
-                    if info.filename.endswith(".json.gz"):
-                        raise CorruptExport(
-                            f"member {info.filename!r} is not in Amplitude's layout"
-                        )
-                    log.warning("ignoring unexpected archive member %r", info.filename)
-                    continue
+                    raise CorruptExport(
+                        f"member {info.filename!r} is not in Amplitude's layout "
+                        "<pid>/<pid>_<YYYY-MM-DD>_<H>#<n>.json.gz"
+                    )
+                if found in seen:
+                    raise CorruptExport(
+                        f"members {seen[found]!r} and {info.filename!r} are the same file"
+                    )
+                seen[found] = info.filename
                 target = local_path(staging, found)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as dst:
                     try:
-                        size, events = gunzip_stream(src, dst, chunk)
+                        size, events, crc = gunzip_stream(src, dst, chunk)
                     except CorruptExport as exc:
                         raise CorruptExport(f"{info.filename}: {exc}") from exc
-                staged.append(StagedFile(found, target, size, events))
+                    fsync_file(dst)
+                staged.append(StagedFile(found, target, size, events, f"{crc:08x}"))
     except zipfile.BadZipFile as exc:  # also raised for a member's bad CRC-32
         raise CorruptExport(f"zip archive is corrupt ({exc})") from exc
     except EOFError as exc:
@@ -130,18 +144,25 @@ def commit(
 ) -> tuple[list[StagedFile], list[StagedFile]]:
     """Move staged files into `root` in time order (by rename); drop those `keep` refuses.
 
-    Returns (written, skipped). Renames in time order mean that a run killed half-way leaves
-    a complete prefix of hours, which the next incremental run resumes from.
+    Returns (written, skipped). Staged files were fsynced before; each folder a file was
+    renamed into is fsynced after, so a committed file survives a power loss whole. Renames in
+    time order mean that a run killed half-way leaves a complete prefix of hours, which the
+    next incremental run resumes from.
     """
     written: list[StagedFile] = []
     skipped: list[StagedFile] = []
+    touched: list[Path] = []
     for item in sorted(staged, key=lambda s: s.file):
         if not keep(item):
             item.path.unlink()
             skipped.append(item)
             continue
         target = local_path(root, item.file)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent, root)
         os.replace(item.path, target)
+        if target.parent not in touched:
+            touched.append(target.parent)
         written.append(item)
+    for folder in touched:
+        fsync_dir(folder)
     return written, skipped

@@ -31,6 +31,7 @@ from pathlib import Path
 from local_stack.amplitude_server import ExportService, running
 from local_stack.snowflake_server import serve
 from pipeline import warehouse, worksheets
+from pipeline.extraction import DEFAULT_LOOKBACK_HOURS
 from pipeline.hours import default_end, format_hour
 from pipeline.layout import scan_local
 from pipeline.s3 import client as s3_client
@@ -125,7 +126,7 @@ def count_events_local(data_dir: Path) -> int:
 def counts(data_dir: Path, s3, conn, served: int) -> Counts:
     keys = [
         obj["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PREFIX)
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{PREFIX}/")
         for obj in page.get("Contents", [])
     ]
     encrypted = sum(
@@ -263,7 +264,8 @@ def print_table(result: DemoResult, started: float) -> None:
         print(f"{label:34}{a:>12}{b:>12}")
     windows = ", ".join(f"{s}..{e}" for s, e in result.second_requests) or "nothing"
     print(
-        f"\nthe second run asked Amplitude only for {windows} (the newest hour held) "
+        f"\nthe second run asked Amplitude only for {windows} (the newest hour held and "
+        f"the {DEFAULT_LOOKBACK_HOURS}-hour lookback) "
         f"and added {second.objects - first.objects} objects and {second.rows - first.rows} rows."
     )
     print(f"demo finished in {time.monotonic() - started:.1f} s; every server stopped.")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -29,6 +33,52 @@ class Outcome(enum.Enum):
     DATA = "data"
     NO_DATA = "no data"
     TOO_LARGE = "too large"
+
+
+@dataclass(frozen=True)
+class Download:
+    """What one request gave: the outcome, the bytes written, and Amplitude's clock."""
+
+    outcome: Outcome
+    size: int = 0
+    server_time: datetime | None = None  # the response's Date header
+    message: str = ""  # Amplitude's words with a too-large answer
+
+
+# A 400 is Amplitude's "over 4 GB, ask for less" unless its body plainly says something else:
+# an HTML page (a proxy, a wrong AMPLITUDE_EXPORT_URL) or a complaint about a parameter.
+_SAYS_TOO_LARGE = re.compile(r"too large|too big|4 ?gb|size|limit|smaller", re.IGNORECASE)
+_SAYS_BAD_PARAMETER = re.compile(
+    r"\b(start|end|param\w*|invalid|missing|malformed|format)\b", re.IGNORECASE
+)
+
+
+def body_excerpt(body: bytes, limit: int = 200) -> str:
+    """A response body on one line, shortened, for an error message."""
+    text = " ".join(body.decode("utf-8", "replace").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def is_too_large(status: int, body: bytes, content_type: str) -> bool:
+    """True when a 400/504 means "this window is over the 4 GB limit"."""
+    if status == 504:
+        return True
+    text = body_excerpt(body, 2000)
+    if _SAYS_TOO_LARGE.search(text):
+        return True
+    is_html = "html" in content_type.lower() or text.lstrip().startswith("<")
+    return not (is_html or _SAYS_BAD_PARAMETER.search(text))
+
+
+def server_time(response: requests.Response) -> datetime | None:
+    """The response's Date header as an aware datetime, or None if absent or unreadable."""
+    value = response.headers.get("Date")
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).astimezone(UTC)
+    except (TypeError, ValueError):
+        return None
 
 
 def make_session(retries: int = 6, backoff: float = 2.0) -> requests.Session:
@@ -65,8 +115,8 @@ def download(
     window: Window,
     dest: Path,
     progress: Callable[[int], object] = lambda n: None,
-) -> tuple[Outcome, int]:
-    """Stream the export of `window` into `dest`; return the outcome and the bytes written."""
+) -> Download:
+    """Stream the export of `window` into `dest`; return the outcome, size and server time."""
     url = request_url(base_url, window)
     host = urlsplit(base_url).netloc
     try:
@@ -74,11 +124,20 @@ def download(
             url, auth=auth, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
         ) as response:
             status = response.status_code
+            when = server_time(response)
             if status == 404:
-                return Outcome.NO_DATA, 0
+                return Download(Outcome.NO_DATA, 0, when)
             if status in TOO_LARGE_STATUSES:
-                log.info("window %s: HTTP %d, too large for one request", window, status)
-                return Outcome.TOO_LARGE, 0
+                body = next(response.iter_content(64 * 1024), b"")
+                said = body_excerpt(body)
+                if not is_too_large(status, body, response.headers.get("Content-Type", "")):
+                    raise PipelineError(
+                        f"Amplitude answered HTTP {status} for window {window} at {host}: "
+                        f"{said or '(empty body)'!r}; check AMPLITUDE_EXPORT_URL and "
+                        "AMPLITUDE_REGION (this is not the 4 GB limit)"
+                    )
+                log.info("window %s: HTTP %d, too large for one request (%s)", window, status, said)
+                return Download(Outcome.TOO_LARGE, 0, when, said)
             if status in AUTH_STATUSES:
                 raise PipelineError(
                     f"Amplitude refused the key pair (HTTP {status}) at {host}: check "
@@ -101,7 +160,7 @@ def download(
                 raise PipelineError(
                     f"window {window}: download cut short ({written} of {expected} bytes); rerun"
                 )
-            return Outcome.DATA, written
+            return Download(Outcome.DATA, written, when)
     except requests.exceptions.RetryError as exc:
         raise PipelineError(
             f"Amplitude kept failing for window {window}: {exc}; rerun later"

@@ -1,4 +1,5 @@
-"""extract.py's work: plan the windows, download each, unpack it, keep what S3 lacks."""
+"""extract.py's work: plan the hours, download each window, unpack it, keep what S3 lacks,
+and record every fetch in the manifest (pipeline.manifest)."""
 
 from __future__ import annotations
 
@@ -8,31 +9,47 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
 from tqdm import tqdm
 
 import modules
+from pipeline import s3 as s3mod
 from pipeline.errors import PipelineError, UsageError
-from pipeline.export_api import Outcome, download, request_url
-from pipeline.hours import Window, default_end, default_start, format_hour, split_windows
-from pipeline.layout import TEMP_PREFIX, s3_key, scan_local
+from pipeline.export_api import Download, Outcome, download, request_url
+from pipeline.hours import HOUR, Window, default_end, default_start, format_hour, split_windows
+from pipeline.layout import TEMP_PREFIX, local_path, remove_stale_temp, s3_key, scan_local
+from pipeline.manifest import (
+    DayManifest,
+    FileRecord,
+    History,
+    HourRecord,
+    LocalManifests,
+    S3Manifests,
+    is_final,
+)
 from pipeline.s3 import HeldObject
 
 log = logging.getLogger("pipeline.extract")
 
 STAGING_PREFIX = f"{TEMP_PREFIX}extract-"
+DEFAULT_LOOKBACK_HOURS = 2
+# Amplitude's Date header more than this far behind the local clock earns a warning.
+CLOCK_SKEW_WARNING = timedelta(minutes=10)
 
 
 @dataclass
 class Plan:
-    start: datetime
+    start: datetime | None  # the first hour requested (None: nothing to request)
     end: datetime
     windows: list[Window]
     newest_held: datetime | None
+    refetch: list[datetime] = field(default_factory=list)  # older hours fetched again
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -44,25 +61,58 @@ class Summary:
     events: int = 0
     bytes_downloaded: int = 0
     bytes_written: int = 0
+    hours_early: set[datetime] = field(default_factory=set)
+    gap_check: bool = True
     started: float = field(default_factory=time.monotonic)
 
     def lines(self) -> list[str]:
         seconds = time.monotonic() - self.started
-        return [
+        skipped = "already in S3" if self.gap_check else "gap check off: S3_BUCKET is not set"
+        lines = [
             f"windows requested: {self.windows_requested} ({self.windows_empty} with no data)",
             f"files written:     {self.files_written}",
-            f"files skipped:     {self.files_skipped} (already in S3)",
+            f"files skipped:     {self.files_skipped} ({skipped})",
             f"events:            {self.events}",
             f"bytes:             {self.bytes_downloaded} downloaded, {self.bytes_written} written",
             f"seconds:           {seconds:.1f}",
         ]
+        if self.hours_early:
+            first, last = min(self.hours_early), max(self.hours_early)
+            lines.append(
+                f"still filling:     {len(self.hours_early)} hours ({format_hour(first)}.."
+                f"{format_hour(last)}) were fetched before Amplitude finished them; a later "
+                "run fetches them again"
+            )
+        return lines
 
 
-def newest_held_hour(data_dir: Path, held: dict[str, HeldObject]) -> datetime | None:
-    """The newest hour with a file in json_data/ or an object in S3."""
-    hours = [f.hour_start for f, _ in scan_local(data_dir)]
-    hours += [obj.file.hour_start for obj in held.values()]
+def newest_held_hour(
+    data_dir: Path,
+    held: dict[str, HeldObject],
+    project: str | None = None,
+    history: History | None = None,
+) -> datetime | None:
+    """The newest hour of `project` (every project if None) with data in json_data/ or S3."""
+    hours = [f.hour_start for f, _ in scan_local(data_dir) if project in (None, f.project)]
+    hours += [o.file.hour_start for o in held.values() if project in (None, o.file.project)]
+    if history is not None and (newest := history.newest_with_data()) is not None:
+        hours.append(newest)
     return max(hours, default=None)
+
+
+def windows_over(hours: Iterable[datetime], window_hours: int) -> list[Window]:
+    """Windows of at most `window_hours` covering exactly these hours, in time order."""
+    windows: list[Window] = []
+    ordered = sorted(set(hours))
+    run_start = prev = None
+    for moment in [*ordered, None]:
+        if moment is not None and prev is not None and moment == prev + HOUR:
+            prev = moment
+            continue
+        if run_start is not None and prev is not None:
+            windows += split_windows(run_start, prev, window_hours)
+        run_start = prev = moment
+    return windows
 
 
 def plan_windows(
@@ -72,44 +122,62 @@ def plan_windows(
     days: int,
     window_hours: int,
     newest_held: datetime | None,
+    *,
+    lookback_hours: int = 0,
+    history: History | None = None,
 ) -> Plan:
-    """The window plan for the options given; defaults as the contract says."""
+    """The hours to request, as windows; defaults as the contract says.
+
+    Without --start: from the newest hour held (or the newest hour known final, if later)
+    minus `lookback_hours`, plus every older hour the manifest says must be fetched again
+    (fetched before Amplitude finished it, or a damaged local file). With nothing held:
+    00 UTC `days` days ago.
+    """
     if days < 0:
         raise UsageError("--days must be 0 or more")
-    end = end if end is not None else default_end(now)
-    explicit_start = start is not None
-    start = start if start is not None else default_start(now, days, newest_held)
-    if start > end:
-        if explicit_start:
+    if lookback_hours < 0:
+        raise UsageError("--lookback-hours must be 0 or more")
+    finished = default_end(now)
+    notes = []
+    if end is not None and end > finished:
+        notes.append(
+            f"--end {format_hour(end)} is past {format_hour(finished)}, the newest hour "
+            "Amplitude has finished: later hours are fetched now and again by a later run"
+        )
+    end = end if end is not None else finished
+    if start is not None:
+        if start > end:
             raise UsageError(f"the end {format_hour(end)} is before the start {format_hour(start)}")
-        return Plan(start, end, [], newest_held)  # already up to date
-    return Plan(start, end, split_windows(start, end, window_hours), newest_held)
+        return Plan(start, end, split_windows(start, end, window_hours), newest_held, [], notes)
+    known = [newest_held, history.newest_final() if history is not None else None]
+    anchor = max((h for h in known if h is not None), default=None)
+    first = default_start(now, days, anchor)
+    if anchor is not None:
+        first -= HOUR * lookback_hours
+    hours = _span(first, end)
+    pending = history.pending() if history is not None else []
+    refetch = [h for h in pending if h < first and h <= end]
+    hours |= set(refetch)
+    windows = windows_over(hours, window_hours)
+    return Plan(min(hours, default=None), end, windows, newest_held, refetch, notes)
+
+
+def _span(first: datetime, last: datetime) -> set[datetime]:
+    hours = set()
+    while first <= last:
+        hours.add(first)
+        first += HOUR
+    return hours
 
 
 def clean_stale_staging(data_dir: Path) -> None:
     """Remove staging folders left by a killed run (their process is gone)."""
-    if not data_dir.is_dir():
-        return
-    for path in data_dir.glob(f"{STAGING_PREFIX}*"):
-        pid = path.name[len(STAGING_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            log.info("removing %s, left by an interrupted run", path)
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    remove_stale_temp(data_dir, STAGING_PREFIX)
 
 
 @dataclass
 class Extractor:
-    """Runs a plan: windows in time order, each all-or-nothing."""
+    """Runs a plan: windows in time order, each all-or-nothing, each recorded."""
 
     session: requests.Session
     base_url: str
@@ -117,8 +185,21 @@ class Extractor:
     data_dir: Path
     prefix: str
     held: dict[str, HeldObject]
+    project: str | None = None  # the key pair's project id, when known
+    explicit_project: bool = False  # AMPLITUDE_PROJECT_ID: another id is refused
+    s3: object | None = None  # for the gap check's rare HEAD
+    bucket: str | None = None
+    remote: S3Manifests | None = None
+    local: LocalManifests | None = None
+    on_project: Callable[[str], None] = lambda pid: None  # a project id learned from data
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     summary: Summary = field(default_factory=Summary)
     show_progress: bool = field(default_factory=lambda: sys.stderr.isatty())
+
+    def __post_init__(self) -> None:
+        if self.local is None:
+            self.local = LocalManifests(self.data_dir)
+        self.summary.gap_check = self.bucket is not None
 
     def run(self, windows: list[Window]) -> Summary:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -133,35 +214,37 @@ class Extractor:
             tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.data_dir)
         )
         try:
-            outcome = self._fetch(window, staging)
+            got = self._fetch(window, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        if outcome is Outcome.TOO_LARGE:
+        if got.outcome is Outcome.TOO_LARGE:
             if window.hours == 1:
+                said = f" (Amplitude said: {got.message!r})" if got.message else ""
                 raise PipelineError(
                     f"hour {format_hour(window.start)} alone is over Amplitude's 4 GB export "
-                    "limit: export it with Amplitude's Amazon S3 export destination instead"
+                    f"limit{said}: export it with Amplitude's Amazon S3 export destination instead"
                 )
             for half in window.halves():
                 self.window(half)
 
-    def _fetch(self, window: Window, staging: Path) -> Outcome:
+    def _fetch(self, window: Window, staging: Path) -> Download:
         archive = staging / "export.zip"
         self.summary.windows_requested += 1
         started = time.monotonic()
         with tqdm(
             desc=str(window), unit="B", unit_scale=True, disable=not self.show_progress
         ) as bar:
-            outcome, size = download(
-                self.session, self.base_url, self.auth, window, archive, bar.update
-            )
-        if outcome is Outcome.NO_DATA:
+            got = download(self.session, self.base_url, self.auth, window, archive, bar.update)
+        fetched_at = self._fetched_at(got)
+        if got.outcome is Outcome.TOO_LARGE:
+            return got
+        if got.outcome is Outcome.NO_DATA:
             self.summary.windows_empty += 1
             log.info("window %s: no data (HTTP 404)", window)
-            return outcome
-        if outcome is Outcome.TOO_LARGE:
-            return outcome
-        self.summary.bytes_downloaded += size
+            if self.project is not None:
+                self._record(window, self.project, fetched_at, [], set())
+            return got
+        self.summary.bytes_downloaded += got.size
         try:
             staged = modules.unpack_archive(archive, staging)
         except modules.CorruptExport as exc:
@@ -170,7 +253,17 @@ class Extractor:
                 "rerun to fetch it again"
             ) from exc
         archive.unlink()
-        written, skipped = modules.commit(staged, self.data_dir, self._keep)
+        project = self._project_of(window, staged)
+        in_s3 = {s.file: key for s in staged if (key := self._identical_in_s3(s)) is not None}
+
+        def keep(item: modules.StagedFile) -> bool:
+            # A file S3 holds byte for byte is not written again (gap fill), unless a local
+            # copy exists: that one is replaced by the fresh, verified bytes.
+            return item.file not in in_s3 or local_path(self.data_dir, item.file).exists()
+
+        written, skipped = modules.commit(staged, self.data_dir, keep)
+        if project is not None:
+            self._record(window, project, fetched_at, staged, in_s3)
         self.summary.files_written += len(written)
         self.summary.files_skipped += len(skipped)
         self.summary.events += sum(s.events for s in written)
@@ -178,39 +271,145 @@ class Extractor:
         log.info(
             "window %s: %d bytes in %.1fs, %d files written, %d already in S3",
             window,
-            size,
+            got.size,
             time.monotonic() - started,
             len(written),
             len(skipped),
         )
-        return outcome
+        return got
 
-    def _keep(self, staged: modules.StagedFile) -> bool:
-        """Gap fill: keep a file unless S3 already holds its key (plain or .gz)."""
-        plain = self.held.get(s3_key(self.prefix, staged.file))
-        gz = self.held.get(s3_key(self.prefix, staged.file, gzip=True))
-        if plain is None and gz is None:
-            return True
-        if plain is not None and plain.size != staged.size:
+    def _fetched_at(self, got: Download) -> datetime:
+        """When Amplitude exported it, by Amplitude's clock (the local one if it gave none)."""
+        local = self.clock()
+        if got.server_time is None:
+            return local
+        if local - got.server_time > CLOCK_SKEW_WARNING:
             log.warning(
-                "%s: S3 holds %d bytes, Amplitude now exported %d; keeping it so load.py "
-                "uploads it again",
-                plain.key,
-                plain.size,
+                "this machine's clock is %s ahead of Amplitude's: hours are judged finished "
+                "by Amplitude's clock",
+                local - got.server_time,
+            )
+        return got.server_time
+
+    def _project_of(self, window: Window, staged: list[modules.StagedFile]) -> str | None:
+        """The export's one project id; another id than the known one is refused."""
+        found = sorted({s.file.project for s in staged})
+        if not found:
+            return self.project
+        if len(found) > 1:
+            raise PipelineError(
+                f"window {window}: the export holds several projects ({', '.join(found)}); "
+                "nothing of it was kept"
+            )
+        if self.project is not None and found[0] != self.project:
+            how = (
+                f"AMPLITUDE_PROJECT_ID is {self.project}"
+                if self.explicit_project
+                else f"this key pair exported project {self.project} before"
+            )
+            raise PipelineError(
+                f"window {window}: the export is of project {found[0]}, but {how}: check "
+                "AMPLITUDE_API_KEY and AMPLITUDE_SECRET_KEY; nothing of it was kept"
+            )
+        if self.project is None:
+            self.project = found[0]
+            self.on_project(found[0])
+        return found[0]
+
+    def _identical_in_s3(self, staged: modules.StagedFile) -> str | None:
+        """The S3 key holding exactly these bytes (plain or .gz), or None.
+
+        Known without a request from the local manifest (load.py marks what it uploaded) or
+        the published one; otherwise one HEAD reads the object's metadata (crc32 and
+        raw-size; objects of older versions carry only raw-size, or, plain, their size).
+        """
+        f = staged.file
+        names = [s3_key(self.prefix, f), s3_key(self.prefix, f, gzip=True)]
+        present = [self.held[n] for n in names if n in self.held]
+        if not present:
+            return None
+        records = [self.local.get(f.project, f.date).file(f)] if self.local else []
+        if self.remote is not None and (day := self.remote.get(f.project, f.date)) is not None:
+            records.append(day.file(f))
+        for record in records:
+            if (
+                record is not None
+                and record.key in names
+                and record.key in self.held
+                and record.same_content(staged.size, staged.crc32)
+            ):
+                return record.key
+        for obj in present:
+            if self._object_matches(obj, staged):
+                return obj.key
+        return None
+
+    def _object_matches(self, obj: HeldObject, staged: modules.StagedFile) -> bool:
+        if self.s3 is None or self.bucket is None:
+            return False
+        meta = s3mod.object_metadata(self.s3, self.bucket, obj.key)
+        if meta is None:
+            return False
+        raw = meta.get("raw-size")
+        size = int(raw) if raw and raw.isdigit() else (None if obj.gzip else obj.size)
+        if "crc32" in meta:
+            return meta["crc32"] == staged.crc32 and size == staged.size
+        if size != staged.size:
+            log.warning(
+                "%s: S3 holds %s bytes, Amplitude now exported %d; kept so load.py uploads it",
+                obj.key,
+                size,
                 staged.size,
             )
-            return True
-        return False
+            return False
+        return True  # an older object with the same size: the best evidence it carries
+
+    def _record(
+        self,
+        window: Window,
+        project: str,
+        fetched_at: datetime,
+        staged: list[modules.StagedFile],
+        in_s3: dict,
+    ) -> None:
+        """Write every hour of the window into the local manifest, after its files."""
+        assert self.local is not None
+        by_hour: dict[datetime, dict[str, FileRecord]] = {h: {} for h in _span_list(window)}
+        for s in staged:
+            by_hour.setdefault(s.file.hour_start, {})[s.file.filename] = FileRecord(
+                s.size, s.crc32, s.events, in_s3.get(s.file)
+            )
+        days: dict[str, DayManifest] = {}
+        for start, files in by_hour.items():
+            date = start.strftime("%Y-%m-%d")
+            day = days.get(date) or self.local.get(project, date)
+            days[date] = day
+            day.hours[start.hour] = HourRecord(fetched_at, files)
+            if not is_final(start, fetched_at):
+                self.summary.hours_early.add(start)
+        for day in days.values():
+            self.local.save(day)
+
+
+def _span_list(window: Window) -> list[datetime]:
+    return [window.start + HOUR * i for i in range(window.hours)]
 
 
 def dry_run_lines(plan: Plan, base_url: str) -> list[str]:
     """What a run would request, without credentials."""
+    lines = list(plan.notes)
     if not plan.windows:
-        return [f"nothing to request: already up to date through {format_hour(plan.end)}"]
-    lines = [
-        f"would request {len(plan.windows)} window(s), {format_hour(plan.start)} to "
-        f"{format_hour(plan.end)} (newest hour held: "
-        f"{format_hour(plan.newest_held) if plan.newest_held else 'none'})"
-    ]
+        return [*lines, f"nothing to request: already up to date through {format_hour(plan.end)}"]
+    held = format_hour(plan.newest_held) if plan.newest_held else "none"
+    lines.append(
+        f"would request {len(plan.windows)} window(s), {format_hour(plan.windows[0].start)} to "
+        f"{format_hour(plan.end)} (newest hour held: {held})"
+    )
+    if plan.refetch:
+        lines.append(
+            f"including {len(plan.refetch)} older hour(s) fetched before Amplitude finished them "
+            f"or damaged locally: {', '.join(format_hour(h) for h in plan.refetch[:10])}"
+            + (" …" if len(plan.refetch) > 10 else "")
+        )
     lines += [f"GET {request_url(base_url, w)}" for w in plan.windows]
     return lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -13,13 +14,22 @@ MAX_WINDOW_HOURS = 365 * 24  # Amplitude refuses a longer export range
 FINISHED_AFTER = timedelta(hours=2)
 
 
+# Exactly these shapes, ASCII digits: strptime alone accepts `2026111T05` as 2026-11-01.
+_FORMS = (
+    (re.compile(r"[0-9]{8}T[0-9]{2}"), "%Y%m%dT%H", False),
+    (re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"), "%Y-%m-%d", True),
+)
+
+
 def parse_hour(text: str, *, as_end: bool, option: str = "--start") -> datetime:
     """`YYYYMMDDTHH` as is; `YYYY-MM-DD` as T00 for a start, T23 for an end (UTC)."""
-    for fmt, is_day in (("%Y%m%dT%H", False), ("%Y-%m-%d", True)):
+    for shape, fmt, is_day in _FORMS:
+        if not shape.fullmatch(text):
+            continue
         try:
             parsed = datetime.strptime(text, fmt).replace(tzinfo=UTC)
         except ValueError:
-            continue
+            break
         return parsed.replace(hour=23) if is_day and as_end else parsed
     raise UsageError(f"{option} {text!r} is not an hour: use YYYYMMDDTHH (UTC) or YYYY-MM-DD")
 

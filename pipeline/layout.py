@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 _NAME = re.compile(
-    r"(?P<project>\d+)_(?P<date>\d{4}-\d{2}-\d{2})_(?P<hour>\d{1,2})#(?P<shard>\d+)\.json"
-)
+    r"(?P<project>[0-9]+)_(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})_(?P<hour>[0-9]{1,2})"
+    r"#(?P<shard>[0-9]+)\.json"
+)  # ASCII digits only: `\d` would also accept other scripts' digits
 log = logging.getLogger("pipeline.layout")
 
 # Prefix of the folders and files that are being written and must be ignored by readers.
@@ -103,22 +105,46 @@ def parse_key(prefix: str, key: str) -> tuple[ExportFile, bool] | None:
     return (found, gz) if found is not None else None
 
 
+def remove_stale_temp(root: Path, prefix: str) -> None:
+    """Remove `root/<prefix><pid>-*` folders whose process is gone (a killed run's leftovers)."""
+    if not root.is_dir():
+        return
+    for path in root.glob(f"{prefix}*"):
+        pid = path.name[len(prefix) :].split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            log.info("removing %s, left by an interrupted run", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def scan_local(root: Path) -> list[tuple[ExportFile, Path]]:
     """Every export file under `root` (os.walk, any depth), in time order.
 
-    Temporary names (being written) and files outside the layout are logged and left alone.
+    Temporary names (being written) and files outside the layout are logged and left alone;
+    the pipeline's own dot-files and dot-folders (`.manifests/`, `.lock`) are skipped.
     """
     found: list[tuple[ExportFile, Path]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         for name in sorted(d for d in dirnames if d.startswith(TEMP_PREFIX)):
             log.info("leaving temporary folder %s alone", here / name)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(TEMP_PREFIX))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             path = here / name
             f = parse_relpath(path.relative_to(root).as_posix())
             if name.startswith(TEMP_PREFIX):
                 log.info("leaving temporary file %s alone (still being written?)", path)
+            elif name.startswith(".") and here == root:
+                continue
             elif f is None:
                 log.warning("%s is not in the json_data layout: left alone", path)
             else:

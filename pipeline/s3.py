@@ -85,6 +85,20 @@ def list_held(s3, bucket: str, prefix: str) -> dict[str, HeldObject]:
     return held
 
 
+def object_metadata(s3, bucket: str, key: str) -> dict[str, str] | None:
+    """An object's user metadata (`x-amz-meta-*`, names lowercased), or None if it is gone."""
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            log.debug("%s is gone since the listing", key)
+            return None
+        raise explain(exc, action="s3:GetObject", bucket=bucket) from exc
+    except BotoCoreError as exc:
+        raise explain(exc, action="s3:GetObject", bucket=bucket) from exc
+    return {k.lower(): v for k, v in head.get("Metadata", {}).items()}
+
+
 # Errors that every other request of the run would hit as well: stop instead of going on.
 _SYSTEMIC_CODES = {
     "NoSuchBucket",

@@ -1,4 +1,9 @@
-"""Settings: `.env` in the repo root, overridden by variables already set in the environment."""
+"""Settings: `.env` in the repo root, overridden by variables already set in the environment.
+
+A value that is the empty string counts as unset, wherever it is: an empty variable in the
+environment does not hide `.env`'s value (so `S3_BUCKET=` in a cron environment cannot switch
+off the gap check), and an empty line in `.env` takes the default.
+"""
 
 from __future__ import annotations
 
@@ -69,7 +74,13 @@ class Settings:
 
     @property
     def s3_prefix(self) -> str:
-        return (self.get("S3_PREFIX", "amplitude") or "").strip("/")
+        prefix = (self.get("S3_PREFIX", "amplitude") or "").strip("/")
+        if not prefix:
+            raise UsageError(
+                "S3_PREFIX is only slashes: set a prefix such as amplitude (the stage reads "
+                "everything under it, and the manifests live beside it)"
+            )
+        return prefix
 
     @property
     def s3_gzip(self) -> bool:
@@ -108,5 +119,6 @@ def load_settings(
     merged: dict[str, str] = {}
     if env_file.is_file():
         merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-    merged.update(os.environ if environ is None else environ)
+    environment = os.environ if environ is None else environ
+    merged.update({k: v for k, v in environment.items() if v != ""})
     return Settings(values=merged)

@@ -1,17 +1,21 @@
 """json_data/ → S3: what is new (one listing), SSE-KMS uploads through boto3's transfer manager,
-and pruning of local files that are confirmed in S3.
+the published manifest, and pruning of local files that are confirmed in S3.
 
-How "already held" is decided, with the listing alone on the common path:
-- `<key>` (plain .json): the listing's size is the file's size; equal → skip, else re-upload.
-- `<key>.gz` (S3_GZIP=true): the listing's size is the compressed size, so it says nothing
-  about the local file. Every .gz object this module writes carries the raw size in its
-  metadata (`x-amz-meta-raw-size`), and the listing gives LastModified. A local file last
-  written before the object was stored (mtime < LastModified + 1 s, the listing's
-  resolution) is the file that was uploaded: skip, no request. Only a file written after
-  its object (a re-export, a restored folder) costs one HEAD to read the raw size.
-- A key held under the other name (plain vs .gz, after S3_GZIP was switched) counts as
+What to upload is decided from the listing and the local manifest (pipeline.manifest), with no
+request per file:
+- a file extract.py recorded (its size and CRC-32 at commit) is uploaded unless the manifest
+  says S3 holds exactly those bytes under a key the listing still shows. Before its bytes
+  leave, they are checked against the record: a file whose size or CRC-32 differs (a crash,
+  a full disk) is *damaged*: it never replaces anything; it is reported, and its hour is
+  marked so the next extract.py fetches it again.
+- a file with no record (written by an older version, or copied by hand) is uploaded only
+  when its key is new; it never replaces an object.
+- a key held under the other name (plain vs .gz, after S3_GZIP was switched) counts as
   held; a changed file is re-uploaded under the name already held, so the bucket never
   holds the same hour twice.
+Every object carries its raw size, CRC-32 and event count as metadata (`x-amz-meta-raw-size`,
+`-crc32`, `-events`). Once all files of an hour are in S3, the hour's record is published to
+`<prefix>-manifests/` (outside the stage).
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
+from zlib import crc32
 
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.exceptions import BotoCoreError, ClientError
@@ -35,7 +40,8 @@ from tqdm import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.layout import TEMP_PREFIX, ExportFile, s3_key, scan_local
-from pipeline.s3 import HeldObject, explain, is_systemic
+from pipeline.manifest import DayManifest, FileRecord, LocalManifests, S3Manifests
+from pipeline.s3 import HeldObject, explain, is_systemic, object_metadata
 
 log = logging.getLogger("pipeline.upload")
 
@@ -53,8 +59,7 @@ EXPECT_CONTINUE_FROM = 8 * MB  # smaller PUTs go without `Expect: 100-continue`
 RAW_SIZE = "raw-size"  # object metadata (x-amz-meta-raw-size) on .gz objects
 CONTENT_TYPE = "application/json"
 GZIP_LEVEL = 6
-# ListObjectsV2 reports LastModified in whole seconds.
-_LISTING_RESOLUTION = timedelta(seconds=1)
+LOAD_TEMP = f"{TEMP_PREFIX}load-"  # + pid: gzip temporaries, removed by the next run if left
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ class Upload:
     gzip: bool
     reason: str  # "new" or "changed"
     held_size: int | None = None  # what S3 had, for "changed"
+    record: FileRecord | None = None  # what extract verified; None: not recorded
+    fetched_at: datetime | None = None  # when Amplitude exported it (from the manifest)
 
 
 @dataclass(frozen=True)
@@ -90,13 +97,22 @@ class Held:
 
     local: LocalFile
     key: str
-    verified: bool  # its size was compared (plain size, or raw-size metadata)
+    verified: bool  # the object is known to hold the file's bytes (manifest, or plain size)
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A local file that is not the one extract.py verified: never uploaded."""
+
+    local: LocalFile
+    why: str
 
 
 @dataclass
 class Plan:
     uploads: list[Upload] = field(default_factory=list)
     held: list[Held] = field(default_factory=list)
+    damaged: list[Damaged] = field(default_factory=list)
 
     @property
     def upload_bytes(self) -> int:
@@ -108,9 +124,14 @@ class Outcome:
     uploaded: list[Upload] = field(default_factory=list)
     failed: list[tuple[Upload, str]] = field(default_factory=list)
     not_attempted: list[Upload] = field(default_factory=list)
+    damaged: list[Damaged] = field(default_factory=list)
     fatal: PipelineError | None = None
     bytes_sent: int = 0
     seconds: float = 0.0
+
+
+class DamagedFile(Exception):
+    """Raised by an upload whose bytes are not the ones extract.py recorded."""
 
 
 def walk_local(root: Path) -> list[LocalFile]:
@@ -133,59 +154,67 @@ def plan(
     held: dict[str, HeldObject],
     prefix: str,
     gzip_mode: bool,
-    raw_size_of: Callable[[str], int | None],
+    manifests: LocalManifests,
 ) -> Plan:
-    """What to upload and what S3 already holds; `raw_size_of(key)` is a HEAD, rarely called."""
+    """What to upload, what S3 already holds, and which local files are damaged."""
     result = Plan()
     for lf in local:
         names = [s3_key(prefix, lf.file, gzip_mode), s3_key(prefix, lf.file, not gzip_mode)]
-        candidates = [held[k] for k in names if k in held]
-        if not candidates:
-            result.uploads.append(Upload(lf, names[0], gzip_mode, "new"))
+        present = [held[k] for k in names if k in held]
+        day = manifests.get(lf.file.project, lf.file.date)
+        record = day.file(lf.file)
+        if record is None:
+            _plan_unrecorded(result, lf, names[0], gzip_mode, present)
             continue
-        for obj in candidates:
-            verdict = _same_size(lf, obj, raw_size_of)
-            if verdict is not False:
-                result.held.append(Held(lf, obj.key, verified=verdict is True))
-                break
-        else:
-            target = candidates[0]
-            log.warning(
-                "%s changed since it was uploaded (re-exported?): uploading it again to %s",
-                lf.path,
-                target.key,
+        if lf.size != record.size:
+            result.damaged.append(
+                Damaged(lf, f"{lf.size} bytes, but extract.py verified {record.size}")
             )
-            result.uploads.append(Upload(lf, target.key, target.gzip, "changed", target.size))
+            continue
+        if record.key is not None and record.key in held:
+            result.held.append(Held(lf, record.key, verified=True))
+            continue
+        fetched_at = day.hours[lf.file.hour].fetched_at
+        if present:
+            target = present[0]
+            log.info("%s: S3 holds other bytes; uploading the verified file", target.key)
+            result.uploads.append(
+                Upload(lf, target.key, target.gzip, "changed", target.size, record, fetched_at)
+            )
+        else:
+            result.uploads.append(Upload(lf, names[0], gzip_mode, "new", None, record, fetched_at))
     return result
 
 
-def _same_size(
-    lf: LocalFile, obj: HeldObject, raw_size_of: Callable[[str], int | None]
-) -> bool | None:
-    """True: same size; False: differs; None: same by mtime (written before the upload)."""
-    if not obj.gzip:
-        return obj.size == lf.size
-    modified = obj.last_modified
-    if modified is not None and lf.mtime_ns < (modified + _LISTING_RESOLUTION).timestamp() * 1e9:
-        return None
-    raw = raw_size_of(obj.key)
-    if raw is None:
-        log.warning("%s has no %s metadata: cannot compare, uploading again", obj.key, RAW_SIZE)
-        return False
-    return raw == lf.size
+def _plan_unrecorded(
+    result: Plan, lf: LocalFile, key: str, gzip_mode: bool, present: list[HeldObject]
+) -> None:
+    """A file extract.py did not record: uploaded when new, never over an object."""
+    if not present:
+        log.warning(
+            "%s was not recorded by extract.py (an older version, or copied by hand): "
+            "uploading it as it is",
+            lf.path,
+        )
+        result.uploads.append(Upload(lf, key, gzip_mode, "new"))
+        return
+    obj = present[0]
+    same = None if obj.gzip else obj.size == lf.size
+    if same is False:
+        log.warning(
+            "%s was not recorded by extract.py and differs from %s (%d vs %d bytes): S3's "
+            "object is kept; `extract.py --start` over its hour refreshes both",
+            lf.path,
+            obj.key,
+            lf.size,
+            obj.size,
+        )
+    result.held.append(Held(lf, obj.key, verified=same is True))
 
 
 def head_raw_size(s3, bucket: str, key: str) -> int | None:
     """The raw (uncompressed) size stored in a .gz object's metadata, or None."""
-    try:
-        meta = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey"}:
-            log.debug("%s is gone since the listing", key)
-            return None
-        raise explain(exc, action="s3:GetObject", bucket=bucket) from exc
-    except BotoCoreError as exc:
-        raise explain(exc, action="s3:GetObject", bucket=bucket) from exc
+    meta = object_metadata(s3, bucket, key) or {}
     raw = meta.get(RAW_SIZE)
     return int(raw) if raw is not None and raw.isdigit() else None
 
@@ -217,10 +246,27 @@ def prepare_client(s3) -> None:
     s3.meta._amplitude_loader_ready = True
 
 
-def gzip_to_temp(src: Path, folder: Path) -> tuple[Path, int]:
-    """Compress `src` into a new `.tmp-*.json.gz` in `folder`, streaming; (path, raw size)."""
+def checksum(path: Path) -> tuple[int, str, int]:
+    """(size, CRC-32, events) of a file, read once in 1 MiB blocks."""
+    size = crc = events = 0
+    last = b"\n"
+    with open(path, "rb") as src:
+        while chunk := src.read(MB):
+            crc = crc32(chunk, crc)
+            size += len(chunk)
+            events += chunk.count(b"\n")
+            last = chunk[-1:]
+    return size, f"{crc:08x}", events + (1 if size and last != b"\n" else 0)
+
+
+def gzip_to_temp(src: Path, folder: Path) -> tuple[Path, int, str, int]:
+    """Compress `src` into a new `.tmp-*.json.gz` in `folder`, streaming.
+
+    Returns (path, raw size, CRC-32 of the raw bytes, events).
+    """
     fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".json.gz", dir=folder)
-    raw = 0
+    raw = crc = events = 0
+    last = b"\n"
     try:
         with (
             os.fdopen(fd, "wb") as out,
@@ -231,11 +277,14 @@ def gzip_to_temp(src: Path, folder: Path) -> tuple[Path, int]:
         ):
             while chunk := inp.read(MB):
                 gz.write(chunk)
+                crc = crc32(chunk, crc)
                 raw += len(chunk)
+                events += chunk.count(b"\n")
+                last = chunk[-1:]
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
-    return Path(name), raw
+    return Path(name), raw, f"{crc:08x}", events + (1 if raw and last != b"\n" else 0)
 
 
 class Progress:
@@ -279,6 +328,8 @@ def upload_all(
 ) -> Outcome:
     """Upload every file, SSE-KMS; one failure does not stop the others.
 
+    A recorded file's bytes are checked against its record first (while it is gzipped, or
+    in one read before a plain upload): a mismatch is `Outcome.damaged`, never uploaded.
     A failure that every other file would hit as well (credentials, AccessDenied, KMS,
     missing bucket, no network) stops the run: `Outcome.fatal` says what to fix.
     """
@@ -295,7 +346,7 @@ def upload_all(
     started = time.monotonic()
     need_temp = any(u.gzip for u in uploads)
     with (
-        tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}load-", dir=temp_root)
+        tempfile.TemporaryDirectory(prefix=f"{LOAD_TEMP}{os.getpid()}-", dir=temp_root)
         if need_temp
         else nullcontext() as temp_dir,
         create_transfer_manager(s3, config) as tm,
@@ -304,17 +355,21 @@ def upload_all(
         folder = Path(temp_dir) if temp_dir else None
 
         def one(item: Upload) -> int:
-            if not item.gzip:
-                tm.upload(str(item.local.path), bucket, item.key, extra_args=base_args).result()
-                return item.local.size
-            assert folder is not None
-            tmp, raw = gzip_to_temp(item.local.path, folder)
+            tmp = None
             try:
-                extra = {**base_args, "Metadata": {RAW_SIZE: str(raw)}}
-                tm.upload(str(tmp), bucket, item.key, extra_args=extra).result()
-                return tmp.stat().st_size
+                if item.gzip:
+                    assert folder is not None
+                    tmp, raw, crc, events = gzip_to_temp(item.local.path, folder)
+                else:
+                    raw, crc, events = checksum(item.local.path)
+                _check(item, raw, crc)
+                extra = {**base_args, "Metadata": metadata(item, raw, crc, events)}
+                source = tmp if tmp is not None else item.local.path
+                tm.upload(str(source), bucket, item.key, extra_args=extra).result()
+                return source.stat().st_size
             finally:
-                tmp.unlink(missing_ok=True)
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
 
         futures: dict[Future, Upload] = {pool.submit(one, u): u for u in uploads}
         for fut in as_completed(futures):
@@ -328,6 +383,9 @@ def upload_all(
                 outcome.bytes_sent += fut.result()
                 progress.file_done(item.local.size)
                 continue
+            if isinstance(exc, DamagedFile):
+                outcome.damaged.append(Damaged(item.local, str(exc)))
+                continue
             _record_failure(outcome, item, exc, bucket, kms_key)
             if outcome.fatal is not None:
                 for other in futures:
@@ -335,6 +393,24 @@ def upload_all(
     progress.close()
     outcome.seconds = time.monotonic() - started
     return outcome
+
+
+def _check(item: Upload, raw: int, crc: str) -> None:
+    """Refuse bytes that are not the ones extract.py verified."""
+    record = item.record
+    if record is not None and not record.same_content(raw, crc):
+        raise DamagedFile(
+            f"{raw} bytes with CRC-32 {crc}, but extract.py verified {record.size} bytes "
+            f"with CRC-32 {record.crc32}"
+        )
+
+
+def metadata(item: Upload, raw: int, crc: str, events: int) -> dict[str, str]:
+    """What every object carries about its content (x-amz-meta-*)."""
+    meta = {RAW_SIZE: str(raw), "crc32": crc, "events": str(events)}
+    if item.fetched_at is not None:
+        meta["fetched-at"] = item.fetched_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return meta
 
 
 def _record_failure(
@@ -352,6 +428,60 @@ def _record_failure(
     log.error("upload of %s failed: %s", item.key, reason)
     log.debug("upload of %s failed", item.key, exc_info=exc)
     outcome.failed.append((item, reason))
+
+
+def record_outcome(
+    manifests: LocalManifests, uploaded: Iterable[Upload], damaged: Iterable[Damaged]
+) -> None:
+    """Mark in the local manifest what S3 now holds, and which hours must be fetched again."""
+    touched: dict[tuple[str, str], DayManifest] = {}
+    for item in uploaded:
+        if item.record is None:
+            continue
+        f = item.local.file
+        day = touched.setdefault((f.project, f.date), manifests.get(f.project, f.date))
+        current = day.file(f)
+        if current is not None and current.same_content(item.record.size, item.record.crc32):
+            day.set_file(f, replace(current, key=item.key))
+    for bad in damaged:
+        f = bad.local.file
+        day = touched.setdefault((f.project, f.date), manifests.get(f.project, f.date))
+        if f.hour in day.hours:
+            why = f"damaged local file {f.filename}: {bad.why}"
+            day.hours[f.hour] = replace(day.hours[f.hour], refetch=why, published=False)
+    for day in touched.values():
+        manifests.save(day)
+
+
+def publish(
+    manifests: LocalManifests, remote: S3Manifests, held_keys: set[str], kms_key: str
+) -> int:
+    """Publish every hour whose files are all in S3 to the S3 manifest; returns how many.
+
+    One GET and one PUT per day with something new; hours already published cost nothing.
+    A later fetch wins over an earlier one already published (never the other way round).
+    """
+    count = 0
+    for project in manifests.projects():
+        for day in manifests.each(project):
+            ready = {
+                hour: rec
+                for hour, rec in day.hours.items()
+                if not rec.published and not rec.refetch and rec.in_s3(held_keys)
+            }
+            if not ready:
+                continue
+            published = remote.get(project, day.date) or DayManifest(project, day.date)
+            published = DayManifest(project, day.date, dict(published.hours))
+            for hour, rec in ready.items():
+                current = published.hours.get(hour)
+                if current is None or rec.fetched_at >= current.fetched_at:
+                    published.hours[hour] = replace(rec, published=False)
+                day.hours[hour] = replace(rec, published=True)
+            remote.put(published, kms_key)
+            manifests.save(day)
+            count += len(ready)
+    return count
 
 
 def confirmed_for_prune(

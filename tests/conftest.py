@@ -81,3 +81,25 @@ def moto_server() -> Iterator[str]:
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+def record_like_extract(root: Path, paths, fetched_at=None) -> None:
+    """Record files in the local manifest as extract.py does when it commits them."""
+    from datetime import UTC, datetime
+
+    from pipeline.layout import parse_relpath
+    from pipeline.manifest import FileRecord, HourRecord, LocalManifests
+    from pipeline.upload import checksum
+
+    fetched_at = fetched_at or datetime(2026, 11, 28, 10, 30, tzinfo=UTC)
+    manifests = LocalManifests(root)
+    days = {}
+    for path in paths:
+        f = parse_relpath(Path(path).relative_to(root).as_posix())
+        day = days.setdefault((f.project, f.date), manifests.get(f.project, f.date))
+        if f.hour not in day.hours:
+            day.hours[f.hour] = HourRecord(fetched_at)
+        size, crc, events = checksum(Path(path))
+        day.set_file(f, FileRecord(size, crc, events))
+    for day in days.values():
+        manifests.save(day)

@@ -66,7 +66,9 @@ def extract_run(*argv: str) -> int:
 
 
 def files_under(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    """Every file under root but the pipeline's own state (the lock, the manifests)."""
+    rels = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return sorted(r for r in rels if r != ".lock" and not r.startswith(".manifests/"))
 
 
 def error_line(err: str) -> str:
@@ -356,7 +358,7 @@ def test_corrupt_download_fails_loudly_and_keeps_nothing_of_its_window(
         f"{PID}/2026-11-20/{PID}_2026-11-20_0#0.json",
         f"{PID}/2026-11-20/{PID}_2026-11-20_0#1.json",
     ]
-    assert [p.name for p in data_dir.iterdir()] == [str(PID)]
+    assert sorted(p.name for p in data_dir.iterdir()) == [".lock", ".manifests", str(PID)]
 
 
 # --- incremental start and gap fill ------------------------------------------------------------
@@ -369,16 +371,21 @@ def _touch(root: Path, rel: str, body: bytes = b"{}\n") -> None:
 
 
 def test_incremental_start_from_local_files(env, frozen, data_dir, capsys):
+    env.setenv("AMPLITUDE_PROJECT_ID", str(PID))
     _touch(data_dir, f"{PID}/2026-11-26/{PID}_2026-11-26_23#0.json")
     _touch(data_dir, f"{PID}/2026-11-27/{PID}_2026-11-27_13#1.json")
     _touch(data_dir, f"{PID}/2026-11-27/.tmp-{PID}_2026-11-27_20#0.json")  # ignored
+    _touch(data_dir, "654321/2026-11-28/654321_2026-11-28_5#0.json")  # another project's
     assert extract_run("--dry-run") == 0
     out = capsys.readouterr().out
-    assert "20261127T13 to 20261128T07 (newest hour held: 20261127T13)" in out
-    assert f"GET {US}?start=20261127T13&end=20261128T07" in out
+    assert "20261127T11 to 20261128T07 (newest hour held: 20261127T13)" in out
+    assert f"GET {US}?start=20261127T11&end=20261128T07" in out
+    assert extract_run("--dry-run", "--lookback-hours", "0") == 0
+    assert f"GET {US}?start=20261127T13&end=20261128T07" in capsys.readouterr().out
 
 
 def test_incremental_start_from_s3_keys(env, frozen, s3, capsys):
+    env.setenv("AMPLITUDE_PROJECT_ID", str(PID))
     env.setenv("S3_BUCKET", BUCKET)
     env.setenv("S3_PREFIX", "raw/amplitude")
     s3.put_object(
@@ -393,9 +400,10 @@ def test_incremental_start_from_s3_keys(env, frozen, s3, capsys):
 
 
 def test_up_to_date_requests_nothing(env, data_dir, capsys):
+    env.setenv("AMPLITUDE_PROJECT_ID", str(PID))
     _touch(data_dir, f"{PID}/2026-11-28/{PID}_2026-11-28_9#0.json")
     with time_machine.travel(NOW, tick=False), responses.RequestsMock() as rsps:
-        assert extract_run() == 0
+        assert extract_run("--lookback-hours", "0") == 0
         assert len(rsps.calls) == 0
     assert "already up to date" in capsys.readouterr().out
 
@@ -407,12 +415,21 @@ def test_gap_fill_skips_keys_already_in_s3(env, frozen, s3, data_dir, capsys):
     s3.put_object(
         Bucket=BUCKET, Key=f"amplitude/{PID}/2026-11-20/{PID}_2026-11-20_0#0.json", Body=held_plain
     )
+    # an older .gz object: only its raw-size metadata tells what it holds
+    raw = sample_events.ndjson(members[1][1])
     s3.put_object(
-        Bucket=BUCKET, Key=f"amplitude/{PID}/2026-11-20/{PID}_2026-11-20_0#1.json.gz", Body=b"gz"
+        Bucket=BUCKET,
+        Key=f"amplitude/{PID}/2026-11-20/{PID}_2026-11-20_0#1.json.gz",
+        Body=gzip.compress(raw),
+        Metadata={"raw-size": str(len(raw))},
     )
     # a re-exported hour whose size changed is kept, so load.py uploads it again
     s3.put_object(
         Bucket=BUCKET, Key=f"amplitude/{PID}/2026-11-20/{PID}_2026-11-20_1#0.json", Body=b"{}\n"
+    )
+    # a .gz object that carries nothing to compare with is kept too
+    s3.put_object(
+        Bucket=BUCKET, Key=f"amplitude/{PID}/2026-11-20/{PID}_2026-11-20_1#1.json.gz", Body=b"gz"
     )
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         rsps.add_passthru("https://")  # moto's S3 calls pass through botocore, not requests

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import types
+import zlib
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +27,7 @@ from pipeline.cli import run
 from pipeline.layout import local_path, parse_member
 from pipeline.sample_events import export_members, ndjson
 
-from .conftest import BUCKET, REGION
+from .conftest import BUCKET, REGION, record_like_extract
 
 PROJECT = 123456
 START = datetime(2026, 11, 20, 4, tzinfo=UTC)
@@ -54,6 +55,10 @@ def key_of(root: Path, path: Path, prefix: str = "amplitude") -> str:
 def all_keys(s3, bucket: str = BUCKET) -> set[str]:
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+def manifest_keys(s3, bucket: str = BUCKET) -> set[str]:
+    return {k for k in all_keys(s3, bucket) if k.startswith("amplitude-manifests/")}
 
 
 @pytest.fixture
@@ -147,6 +152,7 @@ def test_uploads_every_file_under_its_contract_key_with_sse_kms(env, s3, data_di
 
 def test_rerun_skips_what_is_held_and_reuploads_a_changed_file(env, s3, data_dir, capsys, hooks):
     paths = write_tree(data_dir)
+    record_like_extract(data_dir, paths)
     assert run_load(capsys)[0] == 0
     hooks.calls.clear()
 
@@ -155,16 +161,31 @@ def test_rerun_skips_what_is_held_and_reuploads_a_changed_file(env, s3, data_dir
     assert f"uploaded 0, re-uploaded 0, skipped {len(paths)}" in out
     assert hooks.calls == Counter({"ListObjectsV2": 1})
 
+    # extract.py fetched the hour again and committed a longer file (late events)
     changed = paths[1]
     changed.write_bytes(
         changed.read_bytes() + ndjson([json.loads(changed.read_text().split("\n")[0])])
     )
+    record_like_extract(data_dir, [changed])
     code, out, err = run_load(capsys)
-    assert code == 0
+    assert code == 0, err
     assert f"uploaded 0, re-uploaded 1, skipped {len(paths) - 1}" in out
-    assert f"{changed} changed since it was uploaded" in err
     body = s3.get_object(Bucket=BUCKET, Key=key_of(data_dir, changed))["Body"].read()
     assert body == changed.read_bytes()
+
+
+def test_an_unrecorded_file_never_replaces_an_object(env, s3, data_dir, capsys):
+    """A file extract.py did not record (an older version, a copy by hand) is uploaded when
+    its key is new, but never over an object."""
+    paths = write_tree(data_dir, hours=2)
+    assert run_load(capsys)[0] == 0
+    before = s3.get_object(Bucket=BUCKET, Key=key_of(data_dir, paths[0]))["Body"].read()
+    paths[0].write_bytes(before[: len(before) // 2])
+    code, out, err = run_load(capsys)
+    assert code == 0
+    assert f"uploaded 0, re-uploaded 0, skipped {len(paths)}" in out
+    assert "not recorded by extract.py and differs" in err
+    assert s3.get_object(Bucket=BUCKET, Key=key_of(data_dir, paths[0]))["Body"].read() == before
 
 
 def test_temporary_and_stray_files_are_logged_and_left_alone(env, s3, data_dir, capsys):
@@ -233,42 +254,47 @@ def test_gzip_mode_stores_key_gz_with_raw_size_and_reuploads_a_changed_file(
 ):
     monkeypatch.setenv("S3_GZIP", "true")
     paths = write_tree(data_dir)
+    record_like_extract(data_dir, paths)
     code, out, err = run_load(capsys)
     assert code == 0, err
-    assert all_keys(s3) == {key_of(data_dir, p) + ".gz" for p in paths}
+    assert all_keys(s3) - manifest_keys(s3) == {key_of(data_dir, p) + ".gz" for p in paths}
     for path in paths:
         key = key_of(data_dir, path) + ".gz"
         head = s3.head_object(Bucket=BUCKET, Key=key)
         assert head["ContentType"] == "application/json"
         assert "ContentEncoding" not in head  # Snowflake must see a .gz file
-        assert head["Metadata"] == {"raw-size": str(path.stat().st_size)}
+        raw = path.read_bytes()
+        assert head["Metadata"] == {
+            "raw-size": str(len(raw)),
+            "crc32": f"{zlib.crc32(raw):08x}",
+            "events": str(raw.count(b"\n")),
+            "fetched-at": "2026-11-28T10:30:00Z",
+        }
         assert (head["ServerSideEncryption"], head["BucketKeyEnabled"]) == ("aws:kms", True)
         assert head["SSEKMSKeyId"] == env["KMS_KEY_ID"]
         body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-        assert gzip.decompress(body) == path.read_bytes()
-        assert len(body) < path.stat().st_size / 3
+        assert gzip.decompress(body) == raw
+        assert len(body) < len(raw) / 3
     assert not [p for p in data_dir.rglob("*") if p.name.startswith(".tmp-")]
 
-    # Re-exported later with other content: the only HEAD of the run, then a re-upload.
+    # Re-exported later with other content (extract.py recorded it): re-uploaded, no HEAD.
     changed = paths[0]
     changed.write_bytes(changed.read_bytes()[:-200].rsplit(b"\n", 1)[0] + b"\n")
-    later = time.time() + 5
-    os.utime(changed, (later, later))
+    record_like_extract(data_dir, [changed])
     hooks.calls.clear()
     code, out, err = run_load(capsys)
     assert code == 0
     assert "re-uploaded 1" in out and f"skipped {len(paths) - 1}" in out
-    assert hooks.calls["HeadObject"] == 1
+    assert hooks.calls["HeadObject"] == 0
     body = s3.get_object(Bucket=BUCKET, Key=key_of(data_dir, changed) + ".gz")["Body"].read()
     assert gzip.decompress(body) == changed.read_bytes()
 
-    # Touched but the same size: one HEAD, no upload. (The future mtime above stood for a
-    # later re-export; put it back in the past so that file is not checked again.)
-    os.utime(changed, (later - 3600, later - 3600))
+    # Touched, same bytes: nothing to do, whatever its mtime says.
+    later = time.time() + 3600
     os.utime(paths[1], (later, later))
     hooks.calls.clear()
     code, out, _ = run_load(capsys)
-    assert "uploaded 0, re-uploaded 0" in out and hooks.calls["HeadObject"] == 1
+    assert "uploaded 0, re-uploaded 0" in out and hooks.calls["HeadObject"] == 0
 
 
 @pytest.mark.parametrize("first,second", [("false", "true"), ("true", "false")])
@@ -333,11 +359,12 @@ def test_prune_after_rerun_removes_emptied_folders(env, s3, data_dir, capsys, ho
 
 
 def test_prune_removes_empty_folders_up_to_json_data(env, s3, data_dir, capsys):
-    write_tree(data_dir)
+    record_like_extract(data_dir, write_tree(data_dir))
     code, out, _ = run_load(capsys, "--prune")
     assert code == 0
     assert "2 emptied folders" in out
-    assert data_dir.is_dir() and list(data_dir.iterdir()) == []
+    # json_data/ itself stays, with the pipeline's own lock and manifests
+    assert sorted(p.name for p in data_dir.iterdir()) == [".lock", ".manifests"]
 
 
 def test_prune_in_gzip_mode_confirms_raw_size_with_one_head(
