@@ -58,6 +58,7 @@ class Summary:
     windows_empty: int = 0
     files_written: int = 0
     files_skipped: int = 0
+    files_unchanged: int = 0
     events: int = 0
     bytes_downloaded: int = 0
     bytes_written: int = 0
@@ -72,6 +73,11 @@ class Summary:
             f"windows requested: {self.windows_requested} ({self.windows_empty} with no data)",
             f"files written:     {self.files_written}",
             f"files skipped:     {self.files_skipped} ({skipped})",
+            *(
+                [f"files unchanged:   {self.files_unchanged} (json_data/ holds the same bytes)"]
+                if self.files_unchanged
+                else []
+            ),
             f"events:            {self.events}",
             f"bytes:             {self.bytes_downloaded} downloaded, {self.bytes_written} written",
             f"seconds:           {seconds:.1f}",
@@ -255,17 +261,21 @@ class Extractor:
         archive.unlink()
         project = self._project_of(window, staged)
         in_s3 = {s.file: key for s in staged if (key := self._identical_in_s3(s)) is not None}
+        unchanged = {s.file for s in staged if self._unchanged_locally(s)}
 
         def keep(item: modules.StagedFile) -> bool:
-            # A file S3 holds byte for byte is not written again (gap fill), unless a local
-            # copy exists: that one is replaced by the fresh, verified bytes.
+            # Gap fill: bytes S3 holds already are not written again, nor bytes json_data/
+            # holds already; a local copy that differs (damaged, or older) is replaced.
+            if item.file in unchanged:
+                return False
             return item.file not in in_s3 or local_path(self.data_dir, item.file).exists()
 
         written, skipped = modules.commit(staged, self.data_dir, keep)
+        self.summary.files_unchanged += sum(1 for s in skipped if s.file in unchanged)
         if project is not None:
             self._record(window, project, fetched_at, staged, in_s3)
         self.summary.files_written += len(written)
-        self.summary.files_skipped += len(skipped)
+        self.summary.files_skipped += sum(1 for s in skipped if s.file not in unchanged)
         self.summary.events += sum(s.events for s in written)
         self.summary.bytes_written += sum(s.size for s in written)
         log.info(
@@ -277,6 +287,20 @@ class Extractor:
             len(skipped),
         )
         return got
+
+    def _unchanged_locally(self, staged: modules.StagedFile) -> bool:
+        """json_data/ holds these bytes already, as recorded, and nothing asks to redo them."""
+        f = staged.file
+        assert self.local is not None
+        day = self.local.get(f.project, f.date)
+        hour = day.hours.get(f.hour)
+        record = hour.files.get(f.filename) if hour else None
+        if hour is None or hour.refetch or record is None:
+            return False
+        if not record.same_content(staged.size, staged.crc32):
+            return False
+        path = local_path(self.data_dir, f)
+        return path.is_file() and path.stat().st_size == staged.size
 
     def _fetched_at(self, got: Download) -> datetime:
         """When Amplitude exported it, by Amplitude's clock (the local one if it gave none)."""
