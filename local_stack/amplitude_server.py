@@ -15,10 +15,11 @@ import shutil
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -46,6 +47,12 @@ class ExportService:
     fixed_archive: Path | None = None  # serve this file for every window (benchmarks)
     seed: int = 0
     scripted: deque = field(default_factory=deque)  # (status, headers, body) answered first
+    # Late data, as Amplitude has it: an event is exportable only some time after its
+    # server_upload_time (shard n of an hour appears n × 45 min later, then grows for up to
+    # 30 min), so an hour is complete 2.5 h after it ended, within Amplitude's 2-hour promise
+    # plus the hour itself. `clock` is the stand-in's own time (its Date header too).
+    late_data: bool = False
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     requests: list[tuple[str, str]] = field(default_factory=list)
     events_served: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -56,7 +63,7 @@ class ExportService:
         lo, hi = max(start, self.first), min(end, self.last)
         if lo > hi:
             return []
-        return sample_events.export_members(
+        members = sample_events.export_members(
             self.project_id,
             lo,
             hi,
@@ -65,14 +72,31 @@ class ExportService:
             self.empty_hours,
             self.seed,
         )
+        if not self.late_data:
+            return members
+        now = self.clock()
+        members = [(n, [e for e in ev if exportable_at(n, e) <= now]) for n, ev in members]
+        return [(name, events) for name, events in members if events]
 
     def expected_auth(self) -> str:
         token = base64.b64encode(f"{self.api_key}:{self.secret_key}".encode()).decode()
         return f"Basic {token}"
 
 
+def exportable_at(member: str, event: dict) -> datetime:
+    """When the stand-in's late-data model first exports this event of this member."""
+    shard = int(member.rsplit("#", 1)[1].split(".", 1)[0])
+    upload = datetime.strptime(event["server_upload_time"], sample_events.TS_FORMAT)
+    jitter = int(event["uuid"][:8], 16) % 1800
+    return upload.replace(tzinfo=UTC) + timedelta(minutes=45 * shard, seconds=jitter)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header, from the stand-in's own clock."""
+        return formatdate(self.server.service.clock().timestamp(), usegmt=True)
 
     def log_message(self, format: str, *args: object) -> None:  # quiet
         pass

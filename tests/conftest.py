@@ -30,6 +30,29 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_botocore_loader() -> Iterator[None]:
+    """Every boto3 session of the test run shares one loader of botocore's service models.
+
+    Each command builds its own boto3 session, as a real run does; reading S3's model anew
+    each time costs ~0.4 s, and the scenario tests run the commands dozens of times.
+    """
+    import botocore.loaders
+    import botocore.session
+
+    real = botocore.session.create_loader
+    loaders: dict = {}
+
+    def shared(search_path_string=None):
+        if search_path_string not in loaders:
+            loaders[search_path_string] = real(search_path_string)
+        return loaders[search_path_string]
+
+    botocore.session.create_loader = shared
+    yield
+    botocore.session.create_loader = real
+
+
 @pytest.fixture
 def aws():
     """moto in-process for S3, KMS and IAM."""
