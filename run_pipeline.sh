@@ -3,12 +3,15 @@
 #
 #   15 * * * * /path/to/repo/run_pipeline.sh
 #
-# - Never runs twice at once: a second start while one runs logs "skipped" and exits 0.
+# - Never runs twice at once, nor beside a manual extract.py/load.py/backfill: it takes the
+#   data folder's lock (json_data/.lock, the one those commands take) for both steps, and a
+#   start while another run holds it logs "skipped" and exits 0.
 # - Logs every line with a UTC timestamp to logs/pipeline.log, rotated at 10 MB (5 kept).
 # - Exits with the failing step's status (1 failure, 2 settings), so cron mail or a monitor
 #   sees it; on failure the last log lines also go to stderr (which cron mails).
 # Settings (environment): PIPELINE_LOG_DIR, PIPELINE_LOG_MAX_BYTES, PIPELINE_LOG_KEEP,
-# PIPELINE_PYTHON, PIPELINE_LOAD_ARGS (default "--copy"; "" to upload only).
+# PIPELINE_PYTHON, PIPELINE_LOAD_ARGS (default "--copy"; "" to upload only),
+# PIPELINE_LOCK_FILE (default: JSON_DATA_DIR's .lock, as `python -m pipeline.lock` prints).
 set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")" || exit 1
 
@@ -45,11 +48,19 @@ step() {
   return "${PIPESTATUS[0]}"
 }
 
-exec 9>>"$log_dir/.pipeline.lock"
+lock_file=${PIPELINE_LOCK_FILE:-$("$python" -m pipeline.lock 2>>"$log_file")} || {
+  echo "failed: cannot read the settings to find the lock (see above)" | stamp >>"$log_file"
+  tail -n 5 "$log_file" >&2
+  exit 2
+}
+mkdir -p "$(dirname "$lock_file")" || exit 1
+exec 9<>"$lock_file"
 if ! flock -n 9; then
-  echo "skipped: a previous run still holds $log_dir/.pipeline.lock" | stamp >>"$log_file"
+  echo "skipped: another run holds $lock_file: $(head -c 200 "$lock_file")" | stamp >>"$log_file"
   exit 0
 fi
+printf 'run_pipeline.sh (pid %s, since %s)\n' "$$" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$lock_file"
+export PIPELINE_LOCK_FD=9 # extract.py and load.py run under this lock instead of taking it
 
 rotate
 status=0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
@@ -36,7 +35,12 @@ def repo(tmp_path: Path) -> Path:
 
 
 def run_script(repo: Path, **env: str) -> subprocess.CompletedProcess:
-    full = {"PATH": os.environ["PATH"], "PIPELINE_PYTHON": sys.executable, **env}
+    full = {
+        "PATH": os.environ["PATH"],
+        "PIPELINE_PYTHON": sys.executable,
+        "PIPELINE_LOCK_FILE": str(repo / "json_data" / ".lock"),
+        **env,
+    }
     return subprocess.run(
         [str(repo / "run_pipeline.sh")], env=full, capture_output=True, text=True, timeout=30
     )
@@ -63,14 +67,50 @@ def test_failure_exits_non_zero_stops_and_reports_on_stderr(repo):
     assert run_script(repo).returncode == 1
 
 
-def test_never_runs_twice_at_once(repo):
-    (repo / "logs").mkdir()
-    with open(repo / "logs/.pipeline.lock", "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+def test_never_runs_twice_at_once_nor_beside_a_manual_run(repo):
+    """The data folder's lock, as a manual `load.py --copy` holds it (pipeline.lock)."""
+    sys.path.insert(0, str(REPO))
+    from pipeline import lock
+
+    with lock.hold(repo / "json_data", "load.py --copy"):
         result = run_script(repo)
     assert result.returncode == 0
     assert not (repo / "calls.txt").exists()
-    assert "skipped: a previous run still holds" in (repo / "logs/pipeline.log").read_text()
+    log = (repo / "logs/pipeline.log").read_text()
+    assert "skipped: another run holds" in log and "load.py --copy (pid" in log
+
+
+STEP_UNDER_LOCK = """
+import sys
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from pipeline import lock
+with lock.hold(Path("json_data"), "step"):  # would raise Busy unless inherited
+    Path("calls.txt").open("a").write(Path(__file__).name + " held the lock\\n")
+"""
+
+
+def test_the_steps_run_under_the_scripts_lock_and_a_manual_run_is_refused(repo):
+    """extract.py and load.py inherit run_pipeline.sh's lock (PIPELINE_LOCK_FD); a manual
+    run meanwhile would be refused with a line naming run_pipeline.sh."""
+    for name in ("extract.py", "load.py"):
+        (repo / name).write_text(STEP_UNDER_LOCK.format(repo=str(REPO)))
+    result = run_script(repo)
+    assert result.returncode == 0, (repo / "logs/pipeline.log").read_text()
+    assert (repo / "calls.txt").read_text().splitlines() == [
+        "extract.py held the lock",
+        "load.py held the lock",
+    ]
+    assert "run_pipeline.sh (pid" in (repo / "json_data/.lock").read_text()
+
+
+def test_the_lock_file_follows_json_data_dir(tmp_path):
+    env = {**os.environ, "JSON_DATA_DIR": str(tmp_path / "data")}
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.lock"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path / "data" / ".lock")
 
 
 def test_log_is_rotated_and_bounded(repo):
