@@ -14,9 +14,24 @@ USE WAREHOUSE <% warehouse %>;
 -- name: use_schema
 USE SCHEMA <% database %>.<% schema %>;
 
--- COPY over the whole stage, not a list of files: Snowflake's load history (kept 64 days per
--- table) skips every file already loaded with the same checksum, so this one statement loads
--- the files uploaded just now plus any earlier ones a failed or skipped run left behind.
+-- COPY over the whole stage, not a list of files: COPY keeps load metadata per table (each file's
+-- name, ETag, load time) and skips every file it loaded before and that has not changed since, so
+-- this one statement loads the files uploaded just now plus any earlier ones a failed or skipped
+-- run left behind.
+-- That metadata expires after 64 days. A file whose LAST_MODIFIED date (its upload to S3, not the
+-- date in its name) is older than 64 days has an unknown load status when neither its own load nor
+-- raw_events' first load happened in the last 64 days, and COPY skips it without an error
+-- (LOAD_UNCERTAIN_FILES defaults to FALSE). So a file that stayed unloaded for more than 64 days
+-- (uploaded, but no COPY ran or its COPY kept failing) is never loaded by this statement. Load that
+-- file by hand, naming its S3 key without the stage's prefix (S3_PREFIX and the slash after it):
+--   COPY INTO raw_events (raw, source_file)
+--     FROM (SELECT $1, METADATA$FILENAME FROM @amplitude_stage)
+--     FILES = ('123456/2026-11-20/123456_2026-11-20_4#0.json')
+--     FILE_FORMAT = (FORMAT_NAME = 'amplitude_json') ON_ERROR = SKIP_FILE
+--     FORCE = TRUE;
+-- then run this worksheet again to merge it. FORCE = TRUE loads the file even if it was loaded
+-- before; LOAD_UNCERTAIN_FILES = TRUE instead loads it only if the metadata still present does not
+-- say it was. A file loaded twice is harmless: the MERGE below keeps events free of duplicates.
 -- ON_ERROR = SKIP_FILE: a corrupt file is not loaded at all (never half), the others still
 -- load, and COPY reports it as LOAD_FAILED (load.py then exits 1); it is retried next time.
 -- name: copy_raw

@@ -129,3 +129,21 @@ def test_split_keeps_names_comments_and_strings_with_semicolons():
 def test_split_requires_one_unique_name_per_statement(text, error):
     with pytest.raises(ValueError, match=error):
         worksheets.split(text)
+
+
+def test_05s_recipe_for_a_file_copy_skips_after_64_days_is_copy_raw_for_that_file():
+    text = (worksheets.WORKSHEET_DIR / "05_copy_and_dedup.sql").read_text()
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("--   COPY INTO"))
+    end = next(i for i in range(start, len(lines)) if lines[i].rstrip().endswith(";"))
+    recipe = sqlglot.parse_one(
+        "\n".join(line.removeprefix("--") for line in lines[start : end + 1]), read="snowflake"
+    )
+    load = {s.name: s.sql for s in statements(worksheets.WORKSHEET_DIR / "05_copy_and_dedup.sql")}
+    copy_raw = sqlglot.parse_one(load["copy_raw"], read="snowflake")
+    assert recipe.this == copy_raw.this and recipe.args["files"] == copy_raw.args["files"]
+    params = {p.this.name: p for p in recipe.args["params"]}
+    assert {p.this.name: p for p in copy_raw.args["params"]}.items() <= params.items()
+    assert params["FORCE"].expression == exp.true()
+    assert "/" in params["FILES"].expression.this.name  # a key relative to the stage
+    assert "64 days" in text and "LOAD_UNCERTAIN_FILES" in text
