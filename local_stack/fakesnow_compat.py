@@ -6,10 +6,13 @@ matched by their `-- name:` line, and records what it did:
 
 - SKIPPED: run nothing, return one status row. Account objects and metadata fakesnow lacks.
 - EQUIVALENT: run an equivalent instead (see `_copy_raw_per_file`).
-- Two fakesnow bugs are worked around for every statement: it treats any `$word` in the text as
-  a session variable, even inside a quoted JSON key such as `raw:"$insert_id"`; and it lets some
+- Three fakesnow bugs are worked around for every statement: it treats any `$word` in the text
+  as a session variable, even inside a quoted JSON key such as `raw:"$insert_id"`; it lets some
   DuckDB errors escape, which its server turns into HTTP 500s that the connector retries for
-  minutes (they become SQL errors here).
+  minutes (they become SQL errors here); and it records a (missing) comment for every new table
+  in its own `_fs_global` database, even the temporary table it runs a MERGE through, so a MERGE
+  inside BEGIN ... COMMIT failed ("a single transaction can only write to a single attached
+  database"): here a temporary table without a COMMENT gets no such record.
 
 Anything not named here runs on fakesnow exactly as written.
 """
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import fakesnow.transforms as fs_transforms
 import snowflake.connector.errors
 from fakesnow.cursor import FakeSnowflakeCursor
 from fakesnow.transforms import stage as fs_stage
@@ -119,9 +123,20 @@ def patched(filesystem: Any | None = None) -> Iterator[Report]:
                 msg=f"fakesnow: {exc}", errno=100000, sqlstate="22000"
             ) from exc
 
+    original_comment = fs_transforms.extract_comment_on_table
+
+    def comment_on_table(expression: exp.Expr) -> exp.Expr:
+        """fakesnow's own, without recording a comment a temporary table does not have."""
+        new = original_comment(expression)
+        recorded = new.args.get("table_comment")
+        if recorded and recorded[1] is None and expression.find(exp.TemporaryProperty):
+            new.args.pop("table_comment")
+        return new
+
     with (
         unittest.mock.patch.object(FakeSnowflakeCursor, "execute", execute),
         unittest.mock.patch.object(Variables, "inline_variables", _inline_variables),
+        unittest.mock.patch.object(fs_transforms, "extract_comment_on_table", comment_on_table),
     ):
         yield report
 
