@@ -6,10 +6,14 @@ matched by their `-- name:` line, and records what it did:
 
 - SKIPPED: run nothing, return one status row. Account objects and metadata fakesnow lacks.
 - EQUIVALENT: run an equivalent instead (see `_copy_raw_per_file`).
-- Two fakesnow bugs are worked around for every statement: it treats any `$word` in the text as
-  a session variable, even inside a quoted JSON key such as `raw:"$insert_id"`; and it lets some
+- DIFFERS: runs as written, but behaves differently from Snowflake, as described.
+- Three fakesnow bugs are worked around for every statement: it treats any `$word` in the text
+  as a session variable, even inside a quoted JSON key such as `raw:"$insert_id"`; it lets some
   DuckDB errors escape, which its server turns into HTTP 500s that the connector retries for
-  minutes (they become SQL errors here).
+  minutes (they become SQL errors here); and it records a (missing) comment for every new table
+  in its own `_fs_global` database, even the temporary table it runs a MERGE through, so a MERGE
+  inside BEGIN ... COMMIT failed ("a single transaction can only write to a single attached
+  database"): here a temporary table without a COMMENT gets no such record.
 
 Anything not named here runs on fakesnow exactly as written.
 """
@@ -17,6 +21,7 @@ Anything not named here runs on fakesnow exactly as written.
 from __future__ import annotations
 
 import re
+import threading
 import unittest.mock
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import fakesnow.transforms as fs_transforms
 import snowflake.connector.errors
 from fakesnow.cursor import FakeSnowflakeCursor
 from fakesnow.transforms import stage as fs_stage
@@ -57,7 +63,18 @@ EQUIVALENT: dict[str, str] = {
         "fakesnow has no transform COPY, METADATA$FILENAME or ON_ERROR = SKIP_FILE, and does "
         "not descend into the stage's folders: each file is COPYed (FILES = (...)) into a "
         "one-column VARIANT table, then inserted with its key; a failing file is reported "
-        "LOAD_FAILED and the others still load"
+        "LOAD_FAILED and the others still load. Its landing table is shared, so sessions run "
+        "it one at a time"
+    ),
+}
+
+DIFFERS: dict[str, str] = {
+    "take_merge_lock": (
+        "where Snowflake makes a second transaction's UPDATE of merge_lock wait for the first "
+        "one's COMMIT, DuckDB fails it at once ('TransactionContext Error: Conflict on update'); "
+        "run_copy rolls back and runs the transaction again (pipeline.warehouse.MERGE_ATTEMPTS). "
+        "DuckDB's snapshot is per transaction, not per statement, so there this conflict is what "
+        "keeps a second MERGE from inserting a uuid again"
     ),
 }
 
@@ -79,6 +96,7 @@ _COPY_RAW = re.compile(
     r"FILE_FORMAT\s*=\s*\(\s*FORMAT_NAME\s*=\s*'(?P<format>\w+)'\s*\)",
     re.IGNORECASE,
 )
+_COPY_LOCK = threading.Lock()  # one copy_raw at a time: its landing table is shared
 _QUOTED_OR_COMMENT = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"[^\"]*\"|--[^\n]*")
 _VARIABLE = re.compile(r"(?<![\$\w])\$(?!\d+)\w+")
 
@@ -89,6 +107,7 @@ class Report:
 
     skipped: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
+    differed: list[str] = field(default_factory=list)
 
 
 @contextmanager
@@ -110,18 +129,32 @@ def patched(filesystem: Any | None = None) -> Iterator[Report]:
         try:
             if name in EQUIVALENT:
                 report.replaced.append(name)
-                return _copy_raw_per_file(self, original_execute, command, filesystem)
+                with _COPY_LOCK:
+                    return _copy_raw_per_file(self, original_execute, command, filesystem)
             return original_execute(self, command, *args, **kwargs)
         except duckdb.Error as exc:
+            if name in DIFFERS:
+                report.differed.append(name)
             # fakesnow lets some DuckDB errors escape; its server then answers HTTP 500, which the
             # connector retries for minutes. Report them as the SQL errors they are.
             raise snowflake.connector.errors.ProgrammingError(
                 msg=f"fakesnow: {exc}", errno=100000, sqlstate="22000"
             ) from exc
 
+    original_comment = fs_transforms.extract_comment_on_table
+
+    def comment_on_table(expression: exp.Expr) -> exp.Expr:
+        """fakesnow's own, without recording a comment a temporary table does not have."""
+        new = original_comment(expression)
+        recorded = new.args.get("table_comment")
+        if recorded and recorded[1] is None and expression.find(exp.TemporaryProperty):
+            new.args.pop("table_comment")
+        return new
+
     with (
         unittest.mock.patch.object(FakeSnowflakeCursor, "execute", execute),
         unittest.mock.patch.object(Variables, "inline_variables", _inline_variables),
+        unittest.mock.patch.object(fs_transforms, "extract_comment_on_table", comment_on_table),
     ):
         yield report
 

@@ -1,7 +1,8 @@
 """`load.py --copy`: run worksheet 05 (COPY into raw_events, MERGE into events) from Python.
 
 The SQL lives only in `snowflake/05_copy_and_dedup.sql`; this module renders its placeholders
-from the SNOWFLAKE_* settings, runs it statement by statement and reports COPY's result.
+from the SNOWFLAKE_* settings, runs it statement by statement (its BEGIN ... COMMIT part as one
+transaction, rolled back before any error is reported) and reports COPY's result.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,16 @@ from snowflake.connector.errors import Error as SnowflakeError
 from pipeline import worksheets
 from pipeline.errors import PipelineError, UsageError
 from pipeline.settings import Settings
+from pipeline.worksheets import Statement
 
 log = logging.getLogger(__name__)
 
 NEEDED_FOR = "load.py --copy"
 LOAD_WORKSHEET = worksheets.WORKSHEET_DIR / "05_copy_and_dedup.sql"
 FAILED_STATUSES = {"LOAD_FAILED", "PARTIALLY_LOADED"}
+MERGE_ATTEMPTS = 5  # runs of the BEGIN ... COMMIT part when another load's transaction conflicts
+RETRY_DELAY = 0.2  # seconds before the next run, times the number of runs so far
+_CONFLICT = re.compile(r"conflict|deadlock", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -100,23 +106,11 @@ def run_copy(settings: Settings, uploaded_keys: Sequence[str]) -> int:
     text = LOAD_WORKSHEET.read_text(encoding="utf-8")
     values = worksheets.values_from_settings(settings, worksheets.placeholders(text), NEEDED_FOR)
     statements = worksheets.split(worksheets.render(text, values))
-    files: list[FileResult] = []
-    merged: int | None = None
     with _open(kwargs) as conn:
-        cursor = conn.cursor()
-        for statement in statements:
-            log.debug("running %s", statement.name)
-            try:
-                cursor.execute(statement.sql)
-            except SnowflakeError as exc:
-                raise explain_statement(exc, statement.name, settings) from None
-            if statement.name == "copy_raw":
-                files = copy_results(_column_names(cursor), cursor.fetchall())
-            elif statement.name == "merge_events":
-                merged = _inserted(cursor)
-    for line in summary(files, merged, uploaded_keys):
+        outcome = run_statements(conn.cursor(), statements, settings)
+    for line in summary(outcome.files, outcome.merged, uploaded_keys):
         print(line)
-    if failed := [f for f in files if f.failed]:
+    if failed := [f for f in outcome.files if f.failed]:
         print(
             f"error: {len(failed)} files failed to load (listed above); fix or re-upload them "
             "and rerun (worksheet 06, copy_errors, shows the history)",
@@ -124,6 +118,98 @@ def run_copy(settings: Settings, uploaded_keys: Sequence[str]) -> int:
         )
         return 1
     return 0
+
+
+@dataclass
+class Outcome:
+    """What the worksheet's statements reported: COPY's files, the rows MERGE inserted."""
+
+    files: list[FileResult] = field(default_factory=list)
+    merged: int | None = None
+
+
+def run_statements(cursor: Any, statements: list[Statement], settings: Settings) -> Outcome:
+    """Run the statements in order, those from BEGIN to COMMIT as one transaction."""
+    before, transaction, after = worksheets.transaction_parts(statements)
+    outcome = Outcome()
+    for statement in before:
+        _run_one(cursor, statement, settings, outcome)
+    if transaction:
+        _run_transaction(cursor, transaction, settings, outcome)
+    for statement in after:
+        _run_one(cursor, statement, settings, outcome)
+    return outcome
+
+
+def _run_one(cursor: Any, statement: Statement, settings: Settings, outcome: Outcome) -> None:
+    try:
+        _execute(cursor, statement, outcome)
+    except SnowflakeError as exc:
+        raise explain_statement(exc, statement.name, settings) from None
+
+
+def _run_transaction(
+    cursor: Any, statements: list[Statement], settings: Settings, outcome: Outcome
+) -> None:
+    """BEGIN ... COMMIT; rolled back on any failure, and run again after a conflict.
+
+    In Snowflake a second load's take_merge_lock waits for the first one's COMMIT; a deadlock
+    victim, or a stand-in that fails at once where Snowflake would wait (DuckDB under fakesnow:
+    "Conflict on update"), is rolled back and tried again, up to MERGE_ATTEMPTS times.
+    """
+    for attempt in range(1, MERGE_ATTEMPTS + 1):
+        failure = _attempt(cursor, statements, outcome)
+        if failure is None:
+            return
+        statement, exc = failure
+        if attempt == MERGE_ATTEMPTS or not is_conflict(exc):
+            raise explain_statement(exc, statement.name, settings) from None
+        log.warning(
+            "%s: %s; rolled back, trying the transaction again (%d of %d)",
+            statement.name,
+            _first_line(exc),
+            attempt + 1,
+            MERGE_ATTEMPTS,
+        )
+        time.sleep(RETRY_DELAY * attempt)
+
+
+def _attempt(
+    cursor: Any, statements: list[Statement], outcome: Outcome
+) -> tuple[Statement, SnowflakeError] | None:
+    """Run the transaction once; on a failure ROLLBACK first, then return what failed."""
+    for statement in statements:
+        try:
+            _execute(cursor, statement, outcome)
+        except SnowflakeError as exc:
+            _rollback(cursor)
+            return statement, exc
+        except BaseException:  # Ctrl-C too: leave no open transaction behind
+            _rollback(cursor)
+            raise
+    return None
+
+
+def _execute(cursor: Any, statement: Statement, outcome: Outcome) -> None:
+    log.debug("running %s", statement.name)
+    cursor.execute(statement.sql)
+    if statement.name == "copy_raw":
+        outcome.files = copy_results(_column_names(cursor), cursor.fetchall())
+    elif statement.name == "merge_events":
+        outcome.merged = _inserted(cursor)
+
+
+def _rollback(cursor: Any) -> None:
+    """ROLLBACK; if even that fails (connection gone), Snowflake rolls back at the session's end."""
+    try:
+        cursor.execute("ROLLBACK")
+    except SnowflakeError as exc:
+        log.debug("ROLLBACK failed (%s); the session's end rolls the transaction back", exc)
+
+
+def is_conflict(exc: SnowflakeError) -> bool:
+    """A statement another transaction made fail, which a new attempt may pass."""
+    return bool(_CONFLICT.search(_first_line(exc)))
 
 
 def copy_results(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[FileResult]:
@@ -233,6 +319,11 @@ def explain_statement(exc: SnowflakeError, name: str, settings: Settings) -> Pip
     if "no active warehouse" in lowered:
         return UsageError(
             f"no usable warehouse ({message}): check SNOWFLAKE_WAREHOUSE, or run worksheet 01"
+        )
+    if name == "take_merge_lock":
+        return PipelineError(
+            f"Snowflake take_merge_lock: {message.rstrip('.')}; if another load holds merge_lock, "
+            "SHOW LOCKS lists its transaction and SYSTEM$ABORT_TRANSACTION(<id>) ends a stuck one"
         )
     return PipelineError(f"Snowflake {name} failed: {message}")
 

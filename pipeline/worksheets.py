@@ -21,6 +21,7 @@ from pipeline.settings import REPO_ROOT, Settings
 WORKSHEET_DIR = REPO_ROOT / "snowflake"
 PLACEHOLDER = re.compile(r"<%\s*([A-Za-z_][A-Za-z0-9_]*)\s*%>")
 _NAME = re.compile(r"^\s*--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
+_WORD = re.compile(r"\w+")
 # Characters that would let a value end a string literal or a statement.
 _UNSAFE = re.compile(r"['\";\n\r\\]")
 
@@ -94,6 +95,30 @@ def values_from_settings(settings: Settings, names: set[str], needed_for: str) -
 def load(path: Path, values: Mapping[str, str]) -> list[Statement]:
     """Read, render and split one worksheet."""
     return split(render(path.read_text(encoding="utf-8"), values))
+
+
+def keyword(statement: Statement) -> str:
+    """The statement's first word, upper-cased (`BEGIN`, `COMMIT`, `MERGE`, ...)."""
+    found = _WORD.match(_strip_comments(statement.sql))
+    return found.group(0).upper() if found else ""
+
+
+def transaction_parts(
+    statements: list[Statement],
+) -> tuple[list[Statement], list[Statement], list[Statement]]:
+    """The statements before BEGIN, from BEGIN to COMMIT (both included), and after COMMIT.
+
+    A worksheet holds at most one explicit transaction; without one, all are "before".
+    """
+    words = [keyword(s) for s in statements]
+    if "BEGIN" not in words and "COMMIT" not in words:
+        return list(statements), [], []
+    if words.count("BEGIN") != 1 or words.count("COMMIT") != 1:
+        raise ValueError("a worksheet holds at most one BEGIN ... COMMIT")
+    begin, commit = words.index("BEGIN"), words.index("COMMIT")
+    if commit < begin:
+        raise ValueError(f"{statements[commit].name}: COMMIT before BEGIN")
+    return statements[:begin], statements[begin : commit + 1], statements[commit + 1 :]
 
 
 def _strip_comments(sql: str) -> str:

@@ -1,4 +1,4 @@
--- 04  The tables: raw_events (landing, append-only) and events (what analysts query).
+-- 04  The tables: raw_events (landing, append-only), events (what analysts query), merge_lock.
 --
 -- Run once, as the loader role.
 --   snow sql -f snowflake/04_tables.sql -D database=AMPLITUDE -D schema=RAW \
@@ -49,6 +49,21 @@ CREATE TABLE IF NOT EXISTS events (
   loaded_at TIMESTAMP_NTZ NOT NULL COMMENT 'UTC time of the COPY that first loaded it'
 )
 COMMENT = 'Amplitude events, one row per uuid';
+
+-- One row that 05's merge (and 07's task) UPDATE first, inside their transaction, so that two
+-- loads never MERGE at the same time (05 says why). 05 also runs these two statements, for tables
+-- made before this one existed.
+-- name: create_merge_lock
+CREATE TABLE IF NOT EXISTS merge_lock (
+  name VARCHAR NOT NULL COMMENT 'what the lock guards: events',
+  taken_at TIMESTAMP_NTZ COMMENT 'UTC time a load last took the lock'
+)
+COMMENT = 'Serialises the MERGE into events; see worksheet 05';
+
+-- name: seed_merge_lock
+INSERT INTO merge_lock (name)
+SELECT 'events'
+WHERE NOT EXISTS (SELECT 1 FROM merge_lock WHERE name = 'events');
 
 -- raw_events with analysts' typed columns: the projection 05's MERGE inserts into events.
 -- Timestamps use TRY_TO_TIMESTAMP_NTZ with Amplitude's format (UTC, microseconds), numbers

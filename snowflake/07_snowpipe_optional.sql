@@ -42,40 +42,72 @@ SHOW PIPES LIKE 'AMPLITUDE_PIPE';
 -- name: refresh_pipe
 ALTER PIPE amplitude_pipe REFRESH;
 
--- The dedup still has to run: a task runs 05's merge_events every 15 minutes. Resuming a task
--- needs EXECUTE TASK: as ACCOUNTADMIN, GRANT EXECUTE TASK ON ACCOUNT TO ROLE <% role %>;
--- Keep its body identical to merge_events in 05 (a test checks that it is).
+-- The dedup still has to run: a task runs 05's merge every 15 minutes, in the same transaction as
+-- 05 (begin_merge .. commit_merge), so that it never MERGEs at the same time as a load.py --copy
+-- or a person running 05 (05 says why). Resuming a task needs EXECUTE TASK: as ACCOUNTADMIN,
+-- GRANT EXECUTE TASK ON ACCOUNT TO ROLE <% role %>;
+-- merge_lock and its row, as in 04 and 05, for tables made before they existed.
+-- name: create_merge_lock
+CREATE TABLE IF NOT EXISTS merge_lock (
+  name VARCHAR NOT NULL COMMENT 'what the lock guards: events',
+  taken_at TIMESTAMP_NTZ COMMENT 'UTC time a load last took the lock'
+)
+COMMENT = 'Serialises the MERGE into events; see worksheet 05';
+
+-- name: seed_merge_lock
+INSERT INTO merge_lock (name)
+SELECT 'events'
+WHERE NOT EXISTS (SELECT 1 FROM merge_lock WHERE name = 'events');
+
+-- The task's body is a Snowflake Scripting block, dollar-quoted so that snow sql and Snowsight pass
+-- it on whole. On any error it rolls back and fails the run (task history shows it); the next run
+-- merges what this one did not. Keep its statements identical to 05's begin_merge,
+-- take_merge_lock, merge_events and commit_merge (a test checks that they are).
+-- OR REPLACE, unlike the pipe (whose load history a replacement would lose): the task holds no
+-- data, and rerunning this worksheet updates a task created by an older version of it, which
+-- merged without the lock. A replaced task starts suspended; resume_merge_task resumes it.
 -- name: create_merge_task
-CREATE TASK IF NOT EXISTS amplitude_merge
+CREATE OR REPLACE TASK amplitude_merge
   WAREHOUSE = <% warehouse %>
   SCHEDULE = '15 MINUTE'
-  COMMENT = 'Dedups raw_events into events (05 merge_events)'
+  COMMENT = 'Dedups raw_events into events (05 begin_merge .. commit_merge)'
   AS
-MERGE INTO events AS t
-USING (
-  SELECT *
-  FROM (
-    SELECT
-      *,
-      ROW_NUMBER() OVER (PARTITION BY uuid ORDER BY loaded_at, source_file) AS copy_number
-    FROM raw_events_typed
-    WHERE uuid IS NOT NULL
-      AND loaded_at >= (
-        SELECT DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-01'::TIMESTAMP_NTZ)) FROM events
-      )
-  )
-  WHERE copy_number = 1
-) AS s
-ON t.uuid = s.uuid
-WHEN NOT MATCHED THEN INSERT (
-  uuid, insert_id, event_type, event_time, server_upload_time, client_event_time, user_id,
-  device_id, amplitude_id, session_id, app, platform, os_name, country, city, event_properties,
-  user_properties, groups, raw, source_file, loaded_at
-) VALUES (
-  s.uuid, s.insert_id, s.event_type, s.event_time, s.server_upload_time, s.client_event_time,
-  s.user_id, s.device_id, s.amplitude_id, s.session_id, s.app, s.platform, s.os_name, s.country,
-  s.city, s.event_properties, s.user_properties, s.groups, s.raw, s.source_file, s.loaded_at
-);
+EXECUTE IMMEDIATE $$
+BEGIN
+  BEGIN TRANSACTION;
+  UPDATE merge_lock SET taken_at = SYSDATE() WHERE name = 'events';
+  MERGE INTO events AS t
+  USING (
+    SELECT *
+    FROM (
+      SELECT
+        *,
+        ROW_NUMBER() OVER (PARTITION BY uuid ORDER BY loaded_at, source_file) AS copy_number
+      FROM raw_events_typed
+      WHERE uuid IS NOT NULL
+        AND loaded_at >= (
+          SELECT DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-01'::TIMESTAMP_NTZ)) FROM events
+        )
+    )
+    WHERE copy_number = 1
+  ) AS s
+  ON t.uuid = s.uuid
+  WHEN NOT MATCHED THEN INSERT (
+    uuid, insert_id, event_type, event_time, server_upload_time, client_event_time, user_id,
+    device_id, amplitude_id, session_id, app, platform, os_name, country, city, event_properties,
+    user_properties, groups, raw, source_file, loaded_at
+  ) VALUES (
+    s.uuid, s.insert_id, s.event_type, s.event_time, s.server_upload_time, s.client_event_time,
+    s.user_id, s.device_id, s.amplitude_id, s.session_id, s.app, s.platform, s.os_name, s.country,
+    s.city, s.event_properties, s.user_properties, s.groups, s.raw, s.source_file, s.loaded_at
+  );
+  COMMIT;
+EXCEPTION
+  WHEN OTHER THEN
+    ROLLBACK;
+    RAISE;
+END;
+$$;
 
 -- name: resume_merge_task
 ALTER TASK amplitude_merge RESUME;

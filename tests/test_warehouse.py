@@ -6,7 +6,7 @@ import pytest
 import snowflake.connector
 from snowflake.connector.errors import DatabaseError, OperationalError, ProgrammingError
 
-from pipeline import warehouse
+from pipeline import warehouse, worksheets
 from pipeline.errors import PipelineError, UsageError
 from pipeline.warehouse import FileResult, connect_kwargs, copy_results, summary
 from tests.conftest import make_settings
@@ -197,3 +197,109 @@ def test_summary_prints_each_file_totals_and_uploads_copy_did_not_see():
         "S3_BUCKET and S3_PREFIX)",
         "merge: 3 new events in events",
     ]
+
+
+LOAD_VALUES = {"role": "R", "warehouse": "W", "database": "D", "schema": "S"}
+CONFLICT = "fakesnow: TransactionContext Error: Conflict on update!"
+
+
+class FakeCursor:
+    """Records what runs (by `-- name:`, or the SQL itself) and fails as told."""
+
+    def __init__(self, failures: dict[str, list[BaseException]]):
+        self.failures = failures
+        self.ran: list[str] = []
+        self.description: list[tuple[str]] = []
+
+    def execute(self, sql: str) -> None:
+        name = worksheets.statement_name(sql) or sql
+        self.ran.append(name)
+        if self.failures.get(name):
+            raise self.failures[name].pop(0)
+        column = "number of rows inserted" if name == "merge_events" else "status"
+        self.description = [(column,)]
+
+    def fetchall(self) -> list[tuple]:
+        return [("Copy executed with 0 files processed.",)]
+
+    def fetchone(self) -> tuple:
+        return (3,)
+
+
+def run_05(cursor: FakeCursor) -> warehouse.Outcome:
+    statements = worksheets.load(warehouse.LOAD_WORKSHEET, LOAD_VALUES)
+    return warehouse.run_statements(cursor, statements, make_settings(**BASE))
+
+
+TRANSACTION = ["begin_merge", "take_merge_lock", "merge_events", "commit_merge"]
+
+
+def test_the_merge_runs_between_begin_and_commit_after_taking_the_lock():
+    cursor = FakeCursor({})
+    outcome = run_05(cursor)
+    assert cursor.ran[-6:] == ["create_merge_lock", "seed_merge_lock", *TRANSACTION]
+    assert cursor.ran.index("copy_raw") < cursor.ran.index("begin_merge")
+    assert (outcome.files, outcome.merged) == ([], 3)
+
+
+def test_a_conflict_rolls_back_and_runs_the_transaction_again(monkeypatch, caplog):
+    monkeypatch.setattr(warehouse, "RETRY_DELAY", 0)
+    cursor = FakeCursor({"take_merge_lock": [ProgrammingError(msg=CONFLICT, errno=100000)]})
+    assert run_05(cursor).merged == 3
+    after_copy = cursor.ran[cursor.ran.index("begin_merge") :]
+    assert after_copy == ["begin_merge", "take_merge_lock", "ROLLBACK", *TRANSACTION]
+    assert "take_merge_lock: fakesnow: TransactionContext Error: Conflict on update!" in caplog.text
+    assert "trying the transaction again (2 of 5)" in caplog.text
+
+
+def test_a_failure_inside_the_transaction_rolls_back_then_reports_one_line():
+    cursor = FakeCursor(
+        {"merge_events": [ProgrammingError(msg="Numeric value 'x' is not recognized\nMore")]}
+    )
+    with pytest.raises(PipelineError) as failure:
+        run_05(cursor)
+    assert str(failure.value) == (
+        "Snowflake merge_events failed: Numeric value 'x' is not recognized More"
+    )
+    assert cursor.ran[-4:] == ["begin_merge", "take_merge_lock", "merge_events", "ROLLBACK"]
+
+
+def test_a_dropped_connection_before_commit_rolls_back_and_is_not_retried():
+    dropped = OperationalError(msg="Could not connect to Snowflake backend", errno=250001)
+    cursor = FakeCursor({"commit_merge": [dropped], "ROLLBACK": [dropped]})
+    with pytest.raises(PipelineError, match="Snowflake commit_merge failed: Could not connect"):
+        run_05(cursor)
+    assert cursor.ran[-2:] == ["commit_merge", "ROLLBACK"]  # the failed ROLLBACK is not fatal
+    assert cursor.ran.count("begin_merge") == 1
+
+
+def test_an_interrupt_inside_the_transaction_rolls_back_first():
+    cursor = FakeCursor({"merge_events": [KeyboardInterrupt()]})
+    with pytest.raises(KeyboardInterrupt):
+        run_05(cursor)
+    assert cursor.ran[-2:] == ["merge_events", "ROLLBACK"]
+
+
+def test_a_lock_still_held_after_every_attempt_names_how_to_find_it(monkeypatch):
+    monkeypatch.setattr(warehouse, "RETRY_DELAY", 0)
+    conflicts = [ProgrammingError(msg=CONFLICT) for _ in range(warehouse.MERGE_ATTEMPTS)]
+    cursor = FakeCursor({"take_merge_lock": conflicts})
+    with pytest.raises(PipelineError) as failure:
+        run_05(cursor)
+    assert cursor.ran.count("begin_merge") == cursor.ran.count("ROLLBACK") == 5
+    assert "merge_events" not in cursor.ran
+    assert str(failure.value).startswith("Snowflake take_merge_lock: ")
+    assert "SHOW LOCKS" in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    "message, conflict",
+    [
+        (CONFLICT, True),
+        ("Transaction was aborted: deadlock detected", True),
+        ("Object 'MERGE_LOCK' does not exist or not authorized.", False),
+        ("Statement reached its statement or warehouse timeout", False),
+    ],
+)
+def test_only_conflicts_and_deadlocks_are_retried(message, conflict):
+    assert warehouse.is_conflict(ProgrammingError(msg=message)) is conflict

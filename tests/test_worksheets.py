@@ -57,7 +57,10 @@ def test_every_statement_parses_as_snowflake_sql(path):
             )
             assert tree.name.upper() == COMMAND_ALLOWED[statement.name].split()[0]
             body = re.split(r"\bAS\s*\n", statement.sql, maxsplit=1)
-            if len(body) == 2:  # CREATE PIPE / TASK ... AS <statement>: parse the statement
+            if len(body) == 2 and "$$" in body[1]:  # TASK ... AS EXECUTE IMMEDIATE $$ block $$
+                kinds = [type(e) for e in task_transaction(statement.sql)]
+                assert kinds == [exp.Transaction, exp.Update, exp.Merge, exp.Commit]
+            elif len(body) == 2:  # CREATE PIPE ... AS <statement>: parse the statement
                 inner = sqlglot.parse_one(body[1], read="snowflake", error_level="raise")
                 assert isinstance(inner, exp.Copy | exp.Merge), statement.name
 
@@ -67,18 +70,54 @@ def test_the_allowlist_names_only_statements_that_exist():
     assert set(COMMAND_ALLOWED) <= names
 
 
-def test_the_snowpipe_task_merges_exactly_like_worksheet_05():
-    def merge_tree(sql):
-        return sqlglot.parse_one(sql[sql.index("MERGE INTO") :], read="snowflake")
+def task_transaction(sql: str) -> list[exp.Expr]:
+    """BEGIN TRANSACTION ... COMMIT inside a task's `EXECUTE IMMEDIATE $$ <block> $$`, parsed."""
+    block = re.search(r"EXECUTE IMMEDIATE \$\$\n(.*)\n\$\$", sql, re.DOTALL).group(1)
+    inner = block[block.index("BEGIN TRANSACTION") : block.index("EXCEPTION")]
+    return sqlglot.parse(inner, read="snowflake", error_level="raise")
 
-    load = {s.name: s.sql for s in statements(worksheets.WORKSHEET_DIR / "05_copy_and_dedup.sql")}
-    pipe = {
-        s.name: s.sql for s in statements(worksheets.WORKSHEET_DIR / "07_snowpipe_optional.sql")
-    }
-    assert merge_tree(pipe["create_merge_task"]) == merge_tree(load["merge_events"])
+
+def by_name(worksheet: str) -> dict[str, str]:
+    path = next(worksheets.WORKSHEET_DIR.glob(f"{worksheet}_*.sql"))
+    return {s.name: s.sql for s in statements(path)}
+
+
+def test_05_merges_in_one_transaction_after_taking_the_lock():
+    ordered = statements(worksheets.WORKSHEET_DIR / "05_copy_and_dedup.sql")
+    before, transaction, after = worksheets.transaction_parts(ordered)
+    assert [s.name for s in transaction] == [
+        "begin_merge",
+        "take_merge_lock",
+        "merge_events",
+        "commit_merge",
+    ]
+    assert [s.name for s in before][-3:] == ["copy_raw", "create_merge_lock", "seed_merge_lock"]
+    assert after == []
+    lock = sqlglot.parse_one(transaction[1].sql, read="snowflake")
+    assert isinstance(lock, exp.Update) and lock.this.name == "merge_lock"
+    seeded = sqlglot.parse_one(by_name("05")["seed_merge_lock"], read="snowflake")
+    assert lock.args["where"] == seeded.find(exp.Exists).this.args["where"]  # the seeded row
+
+
+def test_the_snowpipe_task_runs_exactly_05s_transaction():
+    load = by_name("05")
+    pipe = by_name("07")
+    transaction = ["begin_merge", "take_merge_lock", "merge_events", "commit_merge"]
+    assert task_transaction(pipe["create_merge_task"]) == [
+        sqlglot.parse_one(load[name], read="snowflake") for name in transaction
+    ]
+    handler = pipe["create_merge_task"].split("EXCEPTION", 1)[1]
+    assert re.search(r"WHEN OTHER THEN\s+ROLLBACK;\s+RAISE;", handler)
     copy_05 = sqlglot.parse_one(load["copy_raw"], read="snowflake")
     copy_07 = sqlglot.parse_one(pipe["create_pipe"].split("AS\n", 1)[1], read="snowflake")
     assert copy_07.this == copy_05.this and copy_07.args["files"] == copy_05.args["files"]
+
+
+@pytest.mark.parametrize("name", ["create_merge_lock", "seed_merge_lock"])
+def test_04_05_and_07_create_the_same_merge_lock(name):
+    trees = [sqlglot.parse_one(by_name(w)[name], read="snowflake") for w in ("04", "05", "07")]
+    assert trees[0] == trees[1] == trees[2]
+    assert trees[0].find(exp.Table).name == "merge_lock"
 
 
 def test_worksheet_02_names_the_two_trust_values_and_the_allowed_location():
@@ -119,6 +158,17 @@ def test_split_keeps_names_comments_and_strings_with_semicolons():
     assert worksheets.statement_name(got[1].sql) == "two"
 
 
+def test_transaction_parts_finds_the_one_begin_commit():
+    text = "-- name: a\nSELECT 1;\n-- name: b\nBEGIN TRANSACTION;\n-- name: c\nUPDATE t SET x=1;\n"
+    got = worksheets.transaction_parts(worksheets.split(text + "-- name: d\nCOMMIT;\n"))
+    assert [[s.name for s in part] for part in got] == [["a"], ["b", "c", "d"], []]
+    plain = worksheets.split("-- name: a\nSELECT 1;\n")
+    assert worksheets.transaction_parts(plain) == (plain, [], [])
+    for broken in (text, "-- name: d\nCOMMIT;\n" + text):
+        with pytest.raises(ValueError, match="BEGIN"):
+            worksheets.transaction_parts(worksheets.split(broken))
+
+
 @pytest.mark.parametrize(
     "text, error",
     [
@@ -129,3 +179,21 @@ def test_split_keeps_names_comments_and_strings_with_semicolons():
 def test_split_requires_one_unique_name_per_statement(text, error):
     with pytest.raises(ValueError, match=error):
         worksheets.split(text)
+
+
+def test_05s_recipe_for_a_file_copy_skips_after_64_days_is_copy_raw_for_that_file():
+    text = (worksheets.WORKSHEET_DIR / "05_copy_and_dedup.sql").read_text()
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("--   COPY INTO"))
+    end = next(i for i in range(start, len(lines)) if lines[i].rstrip().endswith(";"))
+    recipe = sqlglot.parse_one(
+        "\n".join(line.removeprefix("--") for line in lines[start : end + 1]), read="snowflake"
+    )
+    load = {s.name: s.sql for s in statements(worksheets.WORKSHEET_DIR / "05_copy_and_dedup.sql")}
+    copy_raw = sqlglot.parse_one(load["copy_raw"], read="snowflake")
+    assert recipe.this == copy_raw.this and recipe.args["files"] == copy_raw.args["files"]
+    params = {p.this.name: p for p in recipe.args["params"]}
+    assert {p.this.name: p for p in copy_raw.args["params"]}.items() <= params.items()
+    assert params["FORCE"].expression == exp.true()
+    assert "/" in params["FILES"].expression.this.name  # a key relative to the stage
+    assert "64 days" in text and "LOAD_UNCERTAIN_FILES" in text
