@@ -13,7 +13,12 @@ VERSION = "2012-10-17"
 SID_TLS = "DenyInsecureTransport"
 SID_SSE = "DenyUploadsNotSseKms"
 SID_KEY = "DenyUploadsWithOtherKmsKey"
-BUCKET_POLICY_SIDS = (SID_TLS, SID_SSE, SID_KEY)
+SID_NO_KEY = "DenyKmsUploadsWithoutKeyId"
+BUCKET_POLICY_SIDS = (SID_TLS, SID_SSE, SID_KEY, SID_NO_KEY)
+
+# The request headers S3 exposes as condition keys on s3:PutObject.
+SSE_HEADER = "s3:x-amz-server-side-encryption"
+KEY_ID_HEADER = "s3:x-amz-server-side-encryption-aws-kms-key-id"
 
 # The storage integration's values before `setup_aws.py trust` writes the real ones.
 PLACEHOLDER_EXTERNAL_ID = "0000"
@@ -46,6 +51,14 @@ def alias_arn(key_arn: str, alias: str) -> str:
     """`arn:aws:kms:REGION:ACCOUNT:alias/NAME` for an alias of the key's account and region."""
     partition_service_region_account = ":".join(key_arn.split(":")[:5])
     return f"{partition_service_region_account}:{alias}"
+
+
+def key_names(key_arn: str, alias: str | None) -> list[str]:
+    """Every way a request may name the key: ARN, key id, alias name, alias ARN."""
+    names = [key_arn, key_arn.rsplit("/", 1)[-1]]
+    if alias:
+        names += [alias, alias_arn(key_arn, alias)]
+    return names
 
 
 def _list_prefix_statement(sid: str, bucket: str, prefix: str) -> dict:
@@ -156,18 +169,28 @@ def placeholder_trust_policy(account_id: str) -> dict:
     return snowflake_trust_policy(f"arn:aws:iam::{account_id}:root", PLACEHOLDER_EXTERNAL_ID)
 
 
-def bucket_policy(bucket: str, key_arn: str, alias: str | None = None) -> dict:
-    """Deny anything not sent over TLS; deny uploads asking for another encryption or key.
+def _deny_uploads(sid: str, bucket: str, condition: dict) -> dict:
+    """Deny s3:PutObject (also CreateMultipartUpload, UploadPart, CompleteMultipartUpload)."""
+    return {
+        "Sid": sid,
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:PutObject",
+        "Resource": [f"{bucket_arn(bucket)}/*"],
+        "Condition": condition,
+    }
 
-    The two encryption denies use ...IfExists: a request without the headers (every
-    multipart UploadPart, and any upload relying on the default) is encrypted by the bucket's
-    default encryption, which is SSE-KMS with this key. A request that names another
-    algorithm, or another key, is refused. The key may be named by ARN, id or alias.
+
+def bucket_policy(bucket: str, key_arn: str, alias: str | None = None) -> dict:
+    """Deny anything not sent over TLS; deny uploads that ask for another encryption or key.
+
+    Each encryption deny applies only when its header is in the request (`Null: false`).
+    UploadPart and CompleteMultipartUpload are authorised as s3:PutObject and carry no SSE
+    header; with `StringNotEqualsIfExists` they would be refused (a missing key makes an
+    IfExists test true). A request without any SSE header gets the bucket's default
+    encryption: SSE-KMS with this key. `aws:kms` without a key id is refused, as S3 would use
+    the AWS-managed aws/s3 key. The key may be named by ARN, id, alias name or alias ARN.
     """
-    key_names = [key_arn, key_arn.rsplit("/", 1)[-1]]
-    if alias:
-        key_names += [alias, alias_arn(key_arn, alias)]
-    objects = f"{bucket_arn(bucket)}/*"
     return {
         "Version": VERSION,
         "Statement": [
@@ -176,31 +199,27 @@ def bucket_policy(bucket: str, key_arn: str, alias: str | None = None) -> dict:
                 "Effect": "Deny",
                 "Principal": "*",
                 "Action": "s3:*",
-                "Resource": [bucket_arn(bucket), objects],
+                "Resource": [bucket_arn(bucket), f"{bucket_arn(bucket)}/*"],
                 "Condition": {"Bool": {"aws:SecureTransport": "false"}},
             },
-            {
-                "Sid": SID_SSE,
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:PutObject",
-                "Resource": [objects],
-                "Condition": {
-                    "StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}
+            _deny_uploads(
+                SID_SSE,
+                bucket,
+                {"StringNotEquals": {SSE_HEADER: "aws:kms"}, "Null": {SSE_HEADER: "false"}},
+            ),
+            _deny_uploads(
+                SID_KEY,
+                bucket,
+                {
+                    "StringNotEquals": {KEY_ID_HEADER: key_names(key_arn, alias)},
+                    "Null": {KEY_ID_HEADER: "false"},
                 },
-            },
-            {
-                "Sid": SID_KEY,
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:PutObject",
-                "Resource": [objects],
-                "Condition": {
-                    "StringNotEqualsIfExists": {
-                        "s3:x-amz-server-side-encryption-aws-kms-key-id": key_names
-                    }
-                },
-            },
+            ),
+            _deny_uploads(
+                SID_NO_KEY,
+                bucket,
+                {"StringEquals": {SSE_HEADER: "aws:kms"}, "Null": {KEY_ID_HEADER: "true"}},
+            ),
         ],
     }
 

@@ -1,5 +1,7 @@
-"""The policies as documents: moto does not evaluate conditions, so the exact actions,
-resources and conditions are asserted here."""
+"""The policies as documents: the exact actions, resources and conditions.
+
+moto does not evaluate conditions; test_aws_policy_evaluation.py evaluates these documents
+with a real IAM evaluator."""
 
 from __future__ import annotations
 
@@ -113,28 +115,54 @@ def test_bucket_policy_denies_plain_http_for_everything():
     }
 
 
-def test_bucket_policy_denies_uploads_with_another_algorithm_or_key():
+def test_bucket_policy_encryption_denies_apply_only_when_their_header_is_sent():
     statements = {s["Sid"]: s for s in p.bucket_policy(BUCKET, KEY, ALIAS)["Statement"]}
-    sse = statements["DenyUploadsNotSseKms"]
-    assert (sse["Effect"], sse["Principal"], sse["Action"]) == ("Deny", "*", "s3:PutObject")
-    assert sse["Resource"] == [f"arn:aws:s3:::{BUCKET}/*"]
-    assert sse["Condition"] == {
-        "StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}
+    assert list(statements) == list(p.BUCKET_POLICY_SIDS)
+    sse = "s3:x-amz-server-side-encryption"
+    key_id = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+    conditions = {
+        "DenyUploadsNotSseKms": {
+            "StringNotEquals": {sse: "aws:kms"},
+            "Null": {sse: "false"},
+        },
+        "DenyUploadsWithOtherKmsKey": {
+            "StringNotEquals": {
+                key_id: [
+                    KEY,
+                    "1234abcd-12ab-34cd-56ef-1234567890ab",
+                    ALIAS,
+                    "arn:aws:kms:eu-west-1:123456789012:alias/amplitude-export",
+                ]
+            },
+            "Null": {key_id: "false"},
+        },
+        "DenyKmsUploadsWithoutKeyId": {
+            "StringEquals": {sse: "aws:kms"},
+            "Null": {key_id: "true"},
+        },
     }
-    key = statements["DenyUploadsWithOtherKmsKey"]
-    assert (key["Effect"], key["Principal"], key["Action"]) == ("Deny", "*", "s3:PutObject")
-    assert key["Resource"] == [f"arn:aws:s3:::{BUCKET}/*"]
-    assert key["Condition"] == {
-        "StringNotEqualsIfExists": {
-            "s3:x-amz-server-side-encryption-aws-kms-key-id": [
-                KEY,
-                "1234abcd-12ab-34cd-56ef-1234567890ab",
-                ALIAS,
-                "arn:aws:kms:eu-west-1:123456789012:alias/amplitude-export",
-            ]
+    for sid, condition in conditions.items():
+        assert statements[sid] == {
+            "Sid": sid,
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": [f"arn:aws:s3:::{BUCKET}/*"],
+            "Condition": condition,
         }
+    assert "IfExists" not in str(statements)
+    assert [s["Effect"] for s in statements.values()] == ["Deny"] * 4
+
+
+def test_bucket_policy_without_an_alias_names_the_key_by_arn_and_id_only():
+    statements = {s["Sid"]: s for s in p.bucket_policy(BUCKET, KEY)["Statement"]}
+    condition = statements["DenyUploadsWithOtherKmsKey"]["Condition"]["StringNotEquals"]
+    assert condition == {
+        "s3:x-amz-server-side-encryption-aws-kms-key-id": [
+            KEY,
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+        ]
     }
-    assert [s["Effect"] for s in statements.values()] == ["Deny"] * 3
 
 
 @pytest.mark.parametrize("document", _all_documents())

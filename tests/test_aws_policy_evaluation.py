@@ -136,12 +136,41 @@ SCENARIOS = [
     Scenario(
         "loader PutObject, AES256",
         loader("s3:PutObject", DATA, sse(None, "AES256")),
-        denied_by(p.SID_SSE, p.SID_KEY),
+        denied_by(p.SID_SSE),
+    ),
+    Scenario(
+        "loader PutObject, aws:kms:dsse with the key",
+        loader("s3:PutObject", DATA, sse(KEY, "aws:kms:dsse")),
+        denied_by(p.SID_SSE),
+    ),
+    Scenario(
+        "loader PutObject, aws:kms without a key id (S3 would use aws/s3)",
+        loader("s3:PutObject", DATA, sse(None)),
+        denied_by(p.SID_NO_KEY),
     ),
     Scenario(
         "loader PutObject, another KMS key",
         loader("s3:PutObject", DATA, sse(OTHER_KEY)),
         denied_by(p.SID_KEY),
+    ),
+    Scenario(
+        "loader PutObject, another key's alias",
+        loader("s3:PutObject", DATA, sse("alias/other")),
+        denied_by(p.SID_KEY),
+    ),
+    Scenario(
+        "loader PutObject, no SSE header (the bucket default applies)",
+        loader("s3:PutObject", DATA),
+        ALLOWED,
+    ),
+    # multipart: CreateMultipartUpload carries the headers; UploadPart and
+    # CompleteMultipartUpload are authorised as s3:PutObject and carry none
+    Scenario("loader CreateMultipartUpload", loader("s3:PutObject", DATA, sse()), ALLOWED),
+    Scenario("loader UploadPart", loader("s3:PutObject", DATA, TLS), ALLOWED),
+    Scenario("loader CompleteMultipartUpload", loader("s3:PutObject", DATA, TLS), ALLOWED),
+    Scenario("loader AbortMultipartUpload", loader("s3:AbortMultipartUpload", DATA), ALLOWED),
+    Scenario(
+        "loader ListMultipartUploadParts", loader("s3:ListMultipartUploadParts", DATA), ALLOWED
     ),
     Scenario(
         "loader PutObject without TLS",

@@ -21,6 +21,7 @@ from pipeline import aws_policies, aws_setup, settings
 from pipeline.aws_setup import CREATE, EXISTS, UPDATE, Clients, Config
 from pipeline.cli import run
 from pipeline.errors import PipelineError, UsageError
+from tests.iam.legacy import legacy_bucket_policy
 
 REGION = "us-east-1"
 BUCKET = "acme-amplitude"
@@ -281,6 +282,20 @@ def test_an_existing_bucket_policy_keeps_other_statements(clients, config):
     assert statements[0] == theirs
     assert [s["Sid"] for s in statements[1:]] == list(aws_policies.BUCKET_POLICY_SIDS)
     assert aws_setup.reconcile(clients, config, apply=False).changed == []
+
+
+def test_the_old_encryption_denies_are_replaced_by_sid(clients, config):
+    """A bucket set up before the fix: its IfExists denies refused every UploadPart."""
+    aws_setup.reconcile(clients, config, apply=True)
+    key_arn = clients.kms.describe_key(KeyId=config.key_ref)["KeyMetadata"]["Arn"]
+    old = legacy_bucket_policy(BUCKET, key_arn, config.key_alias)
+    clients.s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(old))
+    planned = aws_setup.reconcile(clients, config, apply=False)
+    assert [(c.kind, c.status) for c in planned.changed] == [("s3 bucket policy", UPDATE)]
+    aws_setup.reconcile(clients, config, apply=True)
+    policy = json.loads(clients.s3.get_bucket_policy(Bucket=BUCKET)["Policy"])
+    assert policy == aws_policies.bucket_policy(BUCKET, key_arn, config.key_alias)
+    assert "IfExists" not in json.dumps(policy)
 
 
 def test_an_existing_key_named_by_arn_is_used_and_not_aliased(clients):
