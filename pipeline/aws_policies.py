@@ -91,7 +91,8 @@ def loader_policy(bucket: str, prefix: str, key_arn: str) -> dict:
 
     AbortMultipartUpload and ListMultipartUploadParts let boto3's transfer manager clean up
     and resume multipart uploads. No DeleteObject: `load.py --prune` deletes local files only.
-    kms:Decrypt is needed for multipart uploads too (S3 reads earlier parts' data keys).
+    kms:GenerateDataKey encrypts (SSE-KMS never calls kms:Encrypt); kms:Decrypt is needed for
+    multipart uploads too (S3 reads earlier parts' data keys) and to read objects back.
     """
     return {
         "Version": VERSION,
@@ -108,11 +109,7 @@ def loader_policy(bucket: str, prefix: str, key_arn: str) -> dict:
                 ],
                 "Resource": [objects_arn(bucket, prefix)],
             },
-            _key_statement(
-                "EncryptWithExportKey",
-                ["kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt"],
-                key_arn,
-            ),
+            _key_statement("EncryptWithExportKey", ["kms:GenerateDataKey", "kms:Decrypt"], key_arn),
         ],
     }
 

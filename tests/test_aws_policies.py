@@ -54,7 +54,6 @@ def test_loader_policy_grants_exactly_what_load_and_extract_need():
             ("s3:AbortMultipartUpload", f"arn:aws:s3:::{BUCKET}/amplitude/*", None),
             ("s3:ListMultipartUploadParts", f"arn:aws:s3:::{BUCKET}/amplitude/*", None),
             ("kms:GenerateDataKey", KEY, VIA_S3),
-            ("kms:Encrypt", KEY, VIA_S3),
             ("kms:Decrypt", KEY, VIA_S3),
         ]
     )

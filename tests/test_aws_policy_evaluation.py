@@ -250,6 +250,11 @@ SCENARIOS = [
         "loader Decrypt through S3", kms(LOADER, LOADER_POLICY, "kms:Decrypt", VIA_S3), ALLOWED
     ),
     Scenario(
+        "loader Encrypt through S3 (SSE-KMS does not need it)",
+        kms(LOADER, LOADER_POLICY, "kms:Encrypt", VIA_S3),
+        IMPLICIT,
+    ),
+    Scenario(
         "loader GenerateDataKey directly",
         kms(LOADER, LOADER_POLICY, "kms:GenerateDataKey", TLS),
         IMPLICIT,
