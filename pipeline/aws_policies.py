@@ -3,9 +3,12 @@
 Least privilege: every Allow names its exact actions and resources (no `*` action or
 resource); the bucket policy only adds Deny statements. `aws/*.json` holds the same documents
 rendered with placeholders (`python setup_aws.py render`), for people who use the console.
+The prefix is never empty (settings refuse an empty S3_PREFIX).
 """
 
 from __future__ import annotations
+
+from pipeline.layout import manifest_prefix
 
 VERSION = "2012-10-17"
 
@@ -39,8 +42,8 @@ def bucket_arn(bucket: str) -> str:
 
 
 def objects_arn(bucket: str, prefix: str) -> str:
-    """The objects under the prefix (the whole bucket when the prefix is empty)."""
-    return f"arn:aws:s3:::{bucket}/{prefix}/*" if prefix else f"arn:aws:s3:::{bucket}/*"
+    """The objects under the prefix."""
+    return f"arn:aws:s3:::{bucket}/{prefix}/*"
 
 
 def key_region(key_arn: str) -> str:
@@ -61,16 +64,15 @@ def key_names(key_arn: str, alias: str | None) -> list[str]:
     return names
 
 
-def _list_prefix_statement(sid: str, bucket: str, prefix: str) -> dict:
-    statement: dict = {
+def _list_prefix_statement(sid: str, bucket: str, prefixes: list[str]) -> dict:
+    """ListBucket, only when the request asks for keys under one of the prefixes."""
+    return {
         "Sid": sid,
         "Effect": "Allow",
         "Action": ["s3:ListBucket"],
         "Resource": [bucket_arn(bucket)],
+        "Condition": {"StringLike": {"s3:prefix": [f"{p}/*" for p in prefixes]}},
     }
-    if prefix:
-        statement["Condition"] = {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}
-    return statement
 
 
 def _key_statement(sid: str, actions: list[str], key_arn: str) -> dict:
@@ -87,17 +89,19 @@ def _key_statement(sid: str, actions: list[str], key_arn: str) -> dict:
 
 
 def loader_policy(bucket: str, prefix: str, key_arn: str) -> dict:
-    """What load.py and extract.py need: list the prefix, put and get objects, use the key.
+    """What load.py and extract.py need: the export's objects, the manifests, the key.
 
     AbortMultipartUpload and ListMultipartUploadParts let boto3's transfer manager clean up
-    and resume multipart uploads. No DeleteObject: `load.py --prune` deletes local files only.
+    and resume multipart uploads. The manifests (`<prefix>-manifests/`, outside Snowflake's
+    stage) are small single PUTs. No DeleteObject: `load.py --prune` deletes local files only.
     kms:GenerateDataKey encrypts (SSE-KMS never calls kms:Encrypt); kms:Decrypt is needed for
     multipart uploads too (S3 reads earlier parts' data keys) and to read objects back.
     """
+    manifests = manifest_prefix(prefix)
     return {
         "Version": VERSION,
         "Statement": [
-            _list_prefix_statement("ListExportPrefix", bucket, prefix),
+            _list_prefix_statement("ListExportAndManifestPrefixes", bucket, [prefix, manifests]),
             {
                 "Sid": "ReadWriteExportObjects",
                 "Effect": "Allow",
@@ -109,13 +113,19 @@ def loader_policy(bucket: str, prefix: str, key_arn: str) -> dict:
                 ],
                 "Resource": [objects_arn(bucket, prefix)],
             },
+            {
+                "Sid": "ReadWriteManifests",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:GetObject"],
+                "Resource": [objects_arn(bucket, manifests)],
+            },
             _key_statement("EncryptWithExportKey", ["kms:GenerateDataKey", "kms:Decrypt"], key_arn),
         ],
     }
 
 
 def snowflake_policy(bucket: str, prefix: str, key_arn: str) -> dict:
-    """What Snowflake's storage integration needs to read the export (read only).
+    """What Snowflake's storage integration needs to read the export (read only, no manifests).
 
     s3:GetBucketLocation is on Snowflake's list of required permissions (it finds the bucket's
     region with it); it cannot carry an s3:prefix condition, so it has its own statement.
@@ -129,7 +139,7 @@ def snowflake_policy(bucket: str, prefix: str, key_arn: str) -> dict:
                 "Action": ["s3:GetBucketLocation"],
                 "Resource": [bucket_arn(bucket)],
             },
-            _list_prefix_statement("ListExportPrefix", bucket, prefix),
+            _list_prefix_statement("ListExportPrefix", bucket, [prefix]),
             {
                 "Sid": "ReadExportObjects",
                 "Effect": "Allow",

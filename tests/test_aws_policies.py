@@ -5,9 +5,12 @@ with a real IAM evaluator."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipeline import aws_policies as p
+from pipeline import layout
 
 BUCKET = "acme-amplitude"
 KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -32,7 +35,6 @@ def _grants(document: dict) -> list[tuple[str, str, dict | None]]:
 def _all_documents() -> list[dict]:
     return [
         p.loader_policy(BUCKET, "amplitude", KEY),
-        p.loader_policy(BUCKET, "", KEY),
         p.snowflake_policy(BUCKET, "amplitude", KEY),
         p.snowflake_trust_policy("arn:aws:iam::987654321098:user/abc", "ext"),
         p.placeholder_trust_policy("123456789012"),
@@ -43,16 +45,19 @@ def _all_documents() -> list[dict]:
 
 VIA_S3 = {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}
 LIST_PREFIX = {"StringLike": {"s3:prefix": ["amplitude/*"]}}
+LIST_BOTH = {"StringLike": {"s3:prefix": ["amplitude/*", "amplitude-manifests/*"]}}
 
 
 def test_loader_policy_grants_exactly_what_load_and_extract_need():
     assert _grants(p.loader_policy(BUCKET, "amplitude", KEY)) == sorted(
         [
-            ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", LIST_PREFIX),
+            ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", LIST_BOTH),
             ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/amplitude/*", None),
             ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/amplitude/*", None),
             ("s3:AbortMultipartUpload", f"arn:aws:s3:::{BUCKET}/amplitude/*", None),
             ("s3:ListMultipartUploadParts", f"arn:aws:s3:::{BUCKET}/amplitude/*", None),
+            ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/amplitude-manifests/*", None),
+            ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/amplitude-manifests/*", None),
             ("kms:GenerateDataKey", KEY, VIA_S3),
             ("kms:Decrypt", KEY, VIA_S3),
         ]
@@ -64,10 +69,10 @@ def test_loader_policy_never_deletes():
     assert not {a for a in actions if "Delete" in a}
 
 
-def test_empty_prefix_means_the_whole_bucket_without_a_prefix_condition():
-    grants = _grants(p.loader_policy(BUCKET, "", KEY))
-    assert ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", None) in grants
-    assert ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/*", None) in grants
+def test_the_manifests_are_outside_the_stage_and_snowflake_never_sees_them():
+    manifests = layout.manifest_prefix("amplitude")
+    assert not manifests.startswith("amplitude/")  # the stage is s3://bucket/amplitude/
+    assert manifests not in json.dumps(p.snowflake_policy(BUCKET, "amplitude", KEY))
 
 
 def test_snowflake_policy_is_read_only_on_the_prefix():

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from pipeline import aws_policies as p
+from pipeline.layout import manifest_prefix
 from tests.iam import simulator
 from tests.iam.legacy import legacy_bucket_policy
 from tests.iam.simulator import ANONYMOUS, Decision, Request, evaluate, simulation
@@ -37,6 +38,8 @@ EXTERNAL_ID = "AB12345_SFCRole=2_abcdEFGHijklMNOPqrst="
 
 DATA = f"arn:aws:s3:::{BUCKET}/{PREFIX}/123456/2026-11-20/123456_2026-11-20_5#0.json"
 OUTSIDE = f"arn:aws:s3:::{BUCKET}/elsewhere/123456_2026-11-20_5#0.json"
+MANIFESTS = manifest_prefix(PREFIX)
+MANIFEST = f"arn:aws:s3:::{BUCKET}/{MANIFESTS}/123456/2026-11-20.json"
 LOOKALIKE = f"arn:aws:s3:::{BUCKET}/{PREFIX}x/123456_2026-11-20_5#0.json"
 BUCKET_ARN = f"arn:aws:s3:::{BUCKET}"
 
@@ -185,6 +188,25 @@ SCENARIOS = [
         loader("s3:PutObject", LOOKALIKE, sse()),
         IMPLICIT,
     ),
+    # --- the manifests: the loader's own, beside the stage, encrypted like the data ---
+    Scenario("loader PutObject, a manifest", loader("s3:PutObject", MANIFEST, sse()), ALLOWED),
+    Scenario("loader GetObject, a manifest", loader("s3:GetObject", MANIFEST), ALLOWED),
+    Scenario(
+        "loader ListBucket of the manifests",
+        loader("s3:ListBucket", BUCKET_ARN, listing(f"{MANIFESTS}/123456/")),
+        ALLOWED,
+    ),
+    Scenario(
+        "loader PutObject, a manifest with AES256",
+        loader("s3:PutObject", MANIFEST, sse(None, "AES256")),
+        denied_by(p.SID_SSE),
+    ),
+    Scenario(
+        "loader PutObject, a manifest with another key",
+        loader("s3:PutObject", MANIFEST, sse(OTHER_KEY)),
+        denied_by(p.SID_KEY),
+    ),
+    Scenario("loader DeleteObject, a manifest", loader("s3:DeleteObject", MANIFEST), IMPLICIT),
     # --- what the loader may not do ---
     Scenario("loader GetObject", loader("s3:GetObject", DATA), ALLOWED),
     Scenario("loader DeleteObject", loader("s3:DeleteObject", DATA), IMPLICIT),
@@ -210,6 +232,12 @@ SCENARIOS = [
         "snowflake ListBucket under the prefix",
         snowflake("s3:ListBucket", BUCKET_ARN, listing(f"{PREFIX}/")),
         ALLOWED,
+    ),
+    Scenario("snowflake GetObject, a manifest", snowflake("s3:GetObject", MANIFEST), IMPLICIT),
+    Scenario(
+        "snowflake ListBucket of the manifests",
+        snowflake("s3:ListBucket", BUCKET_ARN, listing(f"{MANIFESTS}/")),
+        IMPLICIT,
     ),
     Scenario(
         "snowflake ListBucket of another prefix",
