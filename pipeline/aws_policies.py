@@ -1,4 +1,4 @@
-"""The IAM and bucket policy documents, as plain functions returning dicts.
+"""The IAM and bucket policy documents and lifecycle rules, as plain functions returning dicts.
 
 Least privilege: every Allow names its exact actions and resources (no `*` action or
 resource); the bucket policy only adds Deny statements. `aws/*.json` holds the same documents
@@ -22,6 +22,12 @@ BUCKET_POLICY_SIDS = (SID_TLS, SID_SSE, SID_KEY, SID_NO_KEY)
 # The request headers S3 exposes as condition keys on s3:PutObject.
 SSE_HEADER = "s3:x-amz-server-side-encryption"
 KEY_ID_HEADER = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+
+# The bucket's lifecycle rules this project owns (found and replaced by ID; others are kept).
+LIFECYCLE_DATA_ID = "amplitude-export-data"
+LIFECYCLE_MANIFESTS_ID = "amplitude-export-manifests"
+ABORT_INCOMPLETE_UPLOAD_DAYS = 1
+DEFAULT_NONCURRENT_VERSION_DAYS = 30
 
 # The storage integration's values before `setup_aws.py trust` writes the real ones.
 PLACEHOLDER_EXTERNAL_ID = "0000"
@@ -231,6 +237,30 @@ def bucket_policy(bucket: str, key_arn: str, alias: str | None = None) -> dict:
     }
 
 
+def _lifecycle_rule(rule_id: str, prefix: str, noncurrent_days: int) -> dict:
+    return {
+        "ID": rule_id,
+        "Filter": {"Prefix": f"{prefix}/"},
+        "Status": "Enabled",
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_INCOMPLETE_UPLOAD_DAYS},
+        "NoncurrentVersionExpiration": {"NoncurrentDays": noncurrent_days},
+    }
+
+
+def lifecycle_rules(prefix: str, noncurrent_days: int) -> list[dict]:
+    """Under the data prefix and the manifests': abort multipart uploads left incomplete for a
+    day (their parts are billed until then), and delete versions `noncurrent_days` after they
+    were replaced, so versioning keeps the last month of overwrites, not every one for ever.
+
+    Scoped to the two prefixes, not the whole bucket: expiring old versions deletes data, and
+    the bucket may hold others' (their rules are kept too).
+    """
+    return [
+        _lifecycle_rule(LIFECYCLE_DATA_ID, prefix, noncurrent_days),
+        _lifecycle_rule(LIFECYCLE_MANIFESTS_ID, manifest_prefix(prefix), noncurrent_days),
+    ]
+
+
 def console_documents() -> dict[str, dict]:
     """The documents as `aws/` holds them: file name → document, with placeholders."""
     p = PLACEHOLDERS
@@ -241,4 +271,7 @@ def console_documents() -> dict[str, dict]:
             p["snowflake_user_arn"], p["external_id"]
         ),
         "bucket-policy.json": bucket_policy(p["bucket"], p["key_arn"], p["alias"]),
+        "bucket-lifecycle.json": {
+            "Rules": lifecycle_rules(p["prefix"], DEFAULT_NONCURRENT_VERSION_DAYS)
+        },
     }

@@ -60,6 +60,7 @@ class Config:
     key_ref: str  # an alias to create and use, or the id/ARN of an existing key
     loader_user: str = DEFAULT_LOADER_USER
     snowflake_role: str = DEFAULT_SNOWFLAKE_ROLE
+    noncurrent_version_days: int = aws_policies.DEFAULT_NONCURRENT_VERSION_DAYS
 
     @property
     def key_alias(self) -> str | None:
@@ -117,7 +118,22 @@ def config_from_settings(settings: Settings, session_region: str | None = None) 
         loader_user=settings.get("AWS_LOADER_USER", DEFAULT_LOADER_USER) or DEFAULT_LOADER_USER,
         snowflake_role=settings.get("SNOWFLAKE_AWS_ROLE", DEFAULT_SNOWFLAKE_ROLE)
         or DEFAULT_SNOWFLAKE_ROLE,
+        noncurrent_version_days=noncurrent_version_days(settings),
     )
+
+
+def noncurrent_version_days(settings: Settings) -> int:
+    """S3_NONCURRENT_VERSION_DAYS: how long a replaced object version is kept (default 30)."""
+    raw = settings.get("S3_NONCURRENT_VERSION_DAYS")
+    if raw is None:
+        return aws_policies.DEFAULT_NONCURRENT_VERSION_DAYS
+    days = int(raw) if raw.strip().isdigit() else 0
+    if days < 1:
+        raise UsageError(
+            f"S3_NONCURRENT_VERSION_DAYS is {raw!r}: set it to a whole number of days, 1 or more "
+            f"(default {aws_policies.DEFAULT_NONCURRENT_VERSION_DAYS})"
+        )
+    return days
 
 
 def admin_session(settings: Settings) -> boto3.Session:
@@ -376,6 +392,7 @@ class Reading:
     current: Any  # None: not set at all (create); otherwise what is set (update if not ok)
     desired: Any
     ok: bool
+    detail: str | None = None  # the plan line's detail when it depends on the settings
 
 
 @dataclass(frozen=True)
@@ -479,6 +496,40 @@ def _write_policy(ctx: BucketContext, desired: dict) -> None:
     ctx.put("s3:PutBucketPolicy", "put_bucket_policy", Policy=json.dumps(desired))
 
 
+def _read_lifecycle(ctx: BucketContext) -> Reading:
+    """Our rules (by ID) merged into the bucket's; others' rules and settings are kept."""
+    got = ctx.get(
+        "s3:GetLifecycleConfiguration",
+        {"NoSuchLifecycleConfiguration"},
+        "get_bucket_lifecycle_configuration",
+    )
+    existing = got["Rules"] if got else None
+    ours = aws_policies.lifecycle_rules(ctx.config.prefix, ctx.config.noncurrent_version_days)
+    desired: dict[str, Any] = {"Rules": merge_lifecycle_rules(existing, ours)}
+    if got and got.get("TransitionDefaultMinimumObjectSize"):  # a PUT without it resets it
+        desired["TransitionDefaultMinimumObjectSize"] = got["TransitionDefaultMinimumObjectSize"]
+    ok = existing is not None and same_policy(existing, desired["Rules"])
+    days = ctx.config.noncurrent_version_days
+    detail = f"abort incomplete uploads after 1 day; delete old versions after {days} days"
+    return Reading(existing, desired, ok, detail)
+
+
+def _write_lifecycle(ctx: BucketContext, desired: dict) -> None:
+    extra = {k: v for k, v in desired.items() if k != "Rules"}
+    ctx.put(
+        "s3:PutLifecycleConfiguration",
+        "put_bucket_lifecycle_configuration",
+        LifecycleConfiguration={"Rules": desired["Rules"]},
+        **extra,
+    )
+
+
+def merge_lifecycle_rules(existing: list[dict] | None, ours: list[dict]) -> list[dict]:
+    """Our rules replace those with the same ID; everyone else's are kept, in their order."""
+    own_ids = {rule["ID"] for rule in ours}
+    return [r for r in existing or [] if r.get("ID") not in own_ids] + ours
+
+
 # In plan order. A new bucket setting is one more entry here.
 BUCKET_SETTINGS = (
     BucketSetting(
@@ -497,6 +548,13 @@ BUCKET_SETTINGS = (
         _write_encryption,
     ),
     BucketSetting("s3 versioning", "Enabled", _read_versioning, _write_versioning),
+    BucketSetting(
+        "s3 lifecycle",
+        "abort incomplete uploads; delete old versions",
+        _read_lifecycle,
+        _write_lifecycle,
+        shows_document=True,
+    ),
 )
 BUCKET_POLICY = BucketSetting(
     "s3 bucket policy",
@@ -511,9 +569,8 @@ def ensure_setting(ctx: BucketContext, setting: BucketSetting, out: Outcome, app
     """Read one setting, record exists/create/update, and write it with apply if it differs."""
     reading = setting.read(ctx)
     document = reading.desired if setting.shows_document else None
-    _record(
-        out, setting.kind, ctx.config.bucket, reading.current, reading.ok, setting.detail, document
-    )
+    detail = reading.detail or setting.detail
+    _record(out, setting.kind, ctx.config.bucket, reading.current, reading.ok, detail, document)
     if apply and not reading.ok:
         setting.write(ctx, reading.desired)
 

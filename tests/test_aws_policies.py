@@ -39,7 +39,7 @@ def _all_documents() -> list[dict]:
         p.snowflake_trust_policy("arn:aws:iam::987654321098:user/abc", "ext"),
         p.placeholder_trust_policy("123456789012"),
         p.bucket_policy(BUCKET, KEY, ALIAS),
-        *p.console_documents().values(),
+        *(d for d in p.console_documents().values() if "Statement" in d),
     ]
 
 
@@ -190,7 +190,29 @@ def test_console_documents_use_placeholders_not_real_values():
         "snowflake-role-policy.json",
         "snowflake-trust-policy.json",
         "bucket-policy.json",
+        "bucket-lifecycle.json",
     }
     text = str(docs)
     assert "<S3_BUCKET>" in text and "<ACCOUNT_ID>" in text
     assert "STORAGE_AWS_EXTERNAL_ID" in str(docs["snowflake-trust-policy.json"])
+
+
+def test_lifecycle_rules_cover_the_data_and_the_manifests_only():
+    assert p.lifecycle_rules("amplitude", 30) == [
+        {
+            "ID": "amplitude-export-data",
+            "Filter": {"Prefix": "amplitude/"},
+            "Status": "Enabled",
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 30},
+        },
+        {
+            "ID": "amplitude-export-manifests",
+            "Filter": {"Prefix": "amplitude-manifests/"},
+            "Status": "Enabled",
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 30},
+        },
+    ]
+    days = {r["NoncurrentVersionExpiration"]["NoncurrentDays"] for r in p.lifecycle_rules("x", 7)}
+    assert days == {7}
