@@ -1,7 +1,8 @@
 """setup_aws.py against moto: apply from nothing, idempotent reruns, plan, trust, secrets.
 
 moto does not evaluate policy conditions, so policies are asserted as documents
-(test_aws_policies.py); here they are read back with the get_* calls and compared.
+(test_aws_policies.py) and evaluated (test_aws_policy_evaluation.py); here they are read back
+with the get_* calls and compared.
 """
 
 from __future__ import annotations
