@@ -323,3 +323,9 @@ def test_a_missing_evaluator_fails_loudly_rather_than_skipping(monkeypatch, tmp_
     monkeypatch.setattr(simulator, "PACKAGE", tmp_path / "not-installed")
     with pytest.raises(simulator.EvaluatorMissing, match="npm ci --prefix tests/iam"):
         evaluate([SCENARIOS[0].simulation])
+
+
+def test_a_request_the_evaluator_cannot_check_is_an_error_not_a_denial():
+    bogus = Request(LOADER, "s3:NoSuchAction", DATA, ACCOUNT, TLS)
+    with pytest.raises(ValueError, match="iam-simulate refused a request"):
+        evaluate([simulation(bogus, [LOADER_POLICY], BUCKET_POLICY)])

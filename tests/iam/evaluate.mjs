@@ -1,8 +1,8 @@
 // Evaluate IAM requests with @cloud-copilot/iam-simulate (pinned in package-lock.json).
 // stdin: a JSON list of iam-simulate Simulation objects. stdout: a JSON list, in the same
-// order, of {result, deniedBy, grantedBy, ignoredContextKeys, errors}. Called by
+// order, of {result, deniedBy, ignoredContextKeys, errors}. Called by
 // tests/iam/simulator.py, once for every scenario of a test run.
-import { getDenialReasons, getGrantReasons, runSimulation } from '@cloud-copilot/iam-simulate'
+import { getDenialReasons, runSimulation } from '@cloud-copilot/iam-simulate'
 
 async function readStdin() {
   const chunks = []
@@ -27,7 +27,6 @@ async function evaluate(simulation) {
   return {
     result: response.overallResult,
     deniedBy: denials.filter((d) => d.denialType === 'Explicit').map(statementName).sort(),
-    grantedBy: getGrantReasons(analysis).map(statementName).sort(),
     ignoredContextKeys: response.result.ignoredContextKeys ?? [],
     errors: null
   }
