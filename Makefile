@@ -20,6 +20,12 @@ test: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
+# The IAM policy evaluator the tests run (npm, pinned in tests/iam/package-lock.json).
+test: tests/iam/node_modules/.installed
+tests/iam/node_modules/.installed: tests/iam/package.json tests/iam/package-lock.json
+	npm ci --prefix tests/iam --no-audit --no-fund
+	touch $@
+
 demo: $(BIN)/.demo-installed
 	$(BIN)/python -m local_stack.demo
 
@@ -43,3 +49,4 @@ bench-load: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf tests/iam/node_modules

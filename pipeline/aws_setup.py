@@ -60,6 +60,7 @@ class Config:
     key_ref: str  # an alias to create and use, or the id/ARN of an existing key
     loader_user: str = DEFAULT_LOADER_USER
     snowflake_role: str = DEFAULT_SNOWFLAKE_ROLE
+    noncurrent_version_days: int = aws_policies.DEFAULT_NONCURRENT_VERSION_DAYS
 
     @property
     def key_alias(self) -> str | None:
@@ -117,7 +118,22 @@ def config_from_settings(settings: Settings, session_region: str | None = None) 
         loader_user=settings.get("AWS_LOADER_USER", DEFAULT_LOADER_USER) or DEFAULT_LOADER_USER,
         snowflake_role=settings.get("SNOWFLAKE_AWS_ROLE", DEFAULT_SNOWFLAKE_ROLE)
         or DEFAULT_SNOWFLAKE_ROLE,
+        noncurrent_version_days=noncurrent_version_days(settings),
     )
+
+
+def noncurrent_version_days(settings: Settings) -> int:
+    """S3_NONCURRENT_VERSION_DAYS: how long a replaced object version is kept (default 30)."""
+    raw = settings.get("S3_NONCURRENT_VERSION_DAYS")
+    if raw is None:
+        return aws_policies.DEFAULT_NONCURRENT_VERSION_DAYS
+    days = int(raw) if raw.strip().isdigit() else 0
+    if days < 1:
+        raise UsageError(
+            f"S3_NONCURRENT_VERSION_DAYS is {raw!r}: set it to a whole number of days, 1 or more "
+            f"(default {aws_policies.DEFAULT_NONCURRENT_VERSION_DAYS})"
+        )
+    return days
 
 
 def admin_session(settings: Settings) -> boto3.Session:
@@ -310,139 +326,268 @@ def _bucket_exists(clients: Clients, config: Config) -> bool:
         raise explain(exc, f"s3:ListBucket on {config.bucket}") from exc
 
 
+def _bucket_region(clients: Clients, bucket: str) -> str:
+    location = _call(
+        f"s3:GetBucketLocation {bucket}", clients.s3.get_bucket_location, Bucket=bucket
+    )
+    constraint = location.get("LocationConstraint")
+    return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(constraint, constraint)
+
+
+def _create_bucket(clients: Clients, config: Config) -> None:
+    b = config.bucket
+    kwargs: dict[str, Any] = {"Bucket": b, "ObjectOwnership": "BucketOwnerEnforced"}
+    if config.region != "us-east-1":
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": config.region}
+    try:
+        clients.s3.create_bucket(**kwargs)
+    except ClientError as exc:
+        if _error_code(exc) == "BucketAlreadyExists":
+            raise PipelineError(
+                f"bucket name {b} is taken by another AWS account: choose another S3_BUCKET"
+            ) from exc
+        if _error_code(exc) != "BucketAlreadyOwnedByYou":
+            raise explain(exc, f"s3:CreateBucket {b}") from exc
+
+
+def _ensure_bucket_exists(clients: Clients, config: Config, out: Outcome, apply: bool) -> bool:
+    """Whether the bucket existed before; creates it with apply. Refuses another region."""
+    b = config.bucket
+    exists = _bucket_exists(clients, config)
+    if exists and (region := _bucket_region(clients, b)) != config.region:
+        raise UsageError(
+            f"bucket {b} is in {region}, not {config.region}: set AWS_DEFAULT_REGION={region} "
+            "(the KMS key must be in the bucket's region)"
+        )
+    out.changes.append(Change("s3 bucket", b, EXISTS if exists else CREATE, config.region))
+    if not exists and apply:
+        _create_bucket(clients, config)
+    return exists
+
+
+@dataclass(frozen=True)
+class BucketContext:
+    """What every bucket setting reads and writes with."""
+
+    s3: Any
+    config: Config
+    exists: bool  # False: the bucket is (to be) created, so there is nothing to read
+    key_arn: str | None  # None while the key is still to be created (plan)
+    planned_key_arn: str  # the key's ARN, or a placeholder for it in a plan
+
+    def get(self, doing: str, missing: set[str], method: str) -> Any:
+        """The Get call's answer; None when the setting (or the bucket) does not exist."""
+        if not self.exists:
+            return None
+        return _get_or_none(doing, missing, getattr(self.s3, method), Bucket=self.config.bucket)
+
+    def put(self, doing: str, method: str, **kwargs: Any) -> None:
+        _call(doing, getattr(self.s3, method), Bucket=self.config.bucket, **kwargs)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A setting as found, as wanted, and whether the two agree."""
+
+    current: Any  # None: not set at all (create); otherwise what is set (update if not ok)
+    desired: Any
+    ok: bool
+    detail: str | None = None  # the plan line's detail when it depends on the settings
+
+
+@dataclass(frozen=True)
+class BucketSetting:
+    """One bucket setting: its plan line, how to read and compare it, how to write it."""
+
+    kind: str
+    detail: str
+    read: Callable[[BucketContext], Reading]
+    write: Callable[[BucketContext, Any], None]
+    shows_document: bool = False  # plan prints the desired value
+
+
+PUBLIC_ACCESS_BLOCK = {
+    "BlockPublicAcls": True,
+    "IgnorePublicAcls": True,
+    "BlockPublicPolicy": True,
+    "RestrictPublicBuckets": True,
+}
+
+
+def _read_public_access(ctx: BucketContext) -> Reading:
+    got = ctx.get(
+        "s3:GetBucketPublicAccessBlock",
+        {"NoSuchPublicAccessBlockConfiguration"},
+        "get_public_access_block",
+    )
+    current = got["PublicAccessBlockConfiguration"] if got else None
+    return Reading(current, PUBLIC_ACCESS_BLOCK, current == PUBLIC_ACCESS_BLOCK)
+
+
+def _write_public_access(ctx: BucketContext, desired: dict) -> None:
+    ctx.put(
+        "s3:PutBucketPublicAccessBlock",
+        "put_public_access_block",
+        PublicAccessBlockConfiguration=desired,
+    )
+
+
+def _read_ownership(ctx: BucketContext) -> Reading:
+    got = ctx.get(
+        "s3:GetBucketOwnershipControls",
+        {"OwnershipControlsNotFoundError"},
+        "get_bucket_ownership_controls",
+    )
+    rules = got["OwnershipControls"]["Rules"] if got else None
+    ok = bool(rules) and rules[0].get("ObjectOwnership") == "BucketOwnerEnforced"
+    return Reading(rules, {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}, ok)
+
+
+def _write_ownership(ctx: BucketContext, desired: dict) -> None:
+    ctx.put(
+        "s3:PutBucketOwnershipControls", "put_bucket_ownership_controls", OwnershipControls=desired
+    )
+
+
+def _read_encryption(ctx: BucketContext) -> Reading:
+    got = ctx.get(
+        "s3:GetEncryptionConfiguration",
+        {"ServerSideEncryptionConfigurationNotFoundError"},
+        "get_bucket_encryption",
+    )
+    rules = got["ServerSideEncryptionConfiguration"]["Rules"] if got else None
+    ok = bool(rules) and ctx.key_arn is not None and _encryption_ok(rules[0], ctx.key_arn)
+    default = {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": ctx.planned_key_arn}
+    desired = {"Rules": [{"ApplyServerSideEncryptionByDefault": default, "BucketKeyEnabled": True}]}
+    return Reading(rules, desired, ok)
+
+
+def _write_encryption(ctx: BucketContext, desired: dict) -> None:
+    ctx.put(
+        "s3:PutEncryptionConfiguration",
+        "put_bucket_encryption",
+        ServerSideEncryptionConfiguration=desired,
+    )
+
+
+def _read_versioning(ctx: BucketContext) -> Reading:
+    status = (ctx.get("s3:GetBucketVersioning", set(), "get_bucket_versioning") or {}).get("Status")
+    return Reading(status, "Enabled", status == "Enabled")
+
+
+def _write_versioning(ctx: BucketContext, desired: str) -> None:
+    ctx.put(
+        "s3:PutBucketVersioning",
+        "put_bucket_versioning",
+        VersioningConfiguration={"Status": desired},
+    )
+
+
+def _read_policy(ctx: BucketContext) -> Reading:
+    """Ours (TLS only, SSE-KMS with this key only) merged into the bucket's, others kept."""
+    ours = aws_policies.bucket_policy(ctx.config.bucket, ctx.planned_key_arn, ctx.config.key_alias)
+    got = ctx.get("s3:GetBucketPolicy", {"NoSuchBucketPolicy"}, "get_bucket_policy")
+    existing = json.loads(got["Policy"]) if got else None
+    desired = merge_bucket_policy(existing, ours)
+    return Reading(existing, desired, existing is not None and same_policy(existing, desired))
+
+
+def _write_policy(ctx: BucketContext, desired: dict) -> None:
+    ctx.put("s3:PutBucketPolicy", "put_bucket_policy", Policy=json.dumps(desired))
+
+
+def _read_lifecycle(ctx: BucketContext) -> Reading:
+    """Our rules (by ID) merged into the bucket's; others' rules and settings are kept."""
+    got = ctx.get(
+        "s3:GetLifecycleConfiguration",
+        {"NoSuchLifecycleConfiguration"},
+        "get_bucket_lifecycle_configuration",
+    )
+    existing = got["Rules"] if got else None
+    ours = aws_policies.lifecycle_rules(ctx.config.prefix, ctx.config.noncurrent_version_days)
+    desired: dict[str, Any] = {"Rules": merge_lifecycle_rules(existing, ours)}
+    if got and got.get("TransitionDefaultMinimumObjectSize"):  # a PUT without it resets it
+        desired["TransitionDefaultMinimumObjectSize"] = got["TransitionDefaultMinimumObjectSize"]
+    ok = existing is not None and same_policy(existing, desired["Rules"])
+    days = ctx.config.noncurrent_version_days
+    detail = f"abort incomplete uploads after 1 day; delete old versions after {days} days"
+    return Reading(existing, desired, ok, detail)
+
+
+def _write_lifecycle(ctx: BucketContext, desired: dict) -> None:
+    extra = {k: v for k, v in desired.items() if k != "Rules"}
+    ctx.put(
+        "s3:PutLifecycleConfiguration",
+        "put_bucket_lifecycle_configuration",
+        LifecycleConfiguration={"Rules": desired["Rules"]},
+        **extra,
+    )
+
+
+def merge_lifecycle_rules(existing: list[dict] | None, ours: list[dict]) -> list[dict]:
+    """Our rules replace those with the same ID; everyone else's are kept, in their order."""
+    own_ids = {rule["ID"] for rule in ours}
+    return [r for r in existing or [] if r.get("ID") not in own_ids] + ours
+
+
+# In plan order. A new bucket setting is one more entry here.
+BUCKET_SETTINGS = (
+    BucketSetting(
+        "s3 block public access", "all four on", _read_public_access, _write_public_access
+    ),
+    BucketSetting(
+        "s3 object ownership",
+        "BucketOwnerEnforced (ACLs disabled)",
+        _read_ownership,
+        _write_ownership,
+    ),
+    BucketSetting(
+        "s3 default encryption",
+        "SSE-KMS with the key, bucket key on",
+        _read_encryption,
+        _write_encryption,
+    ),
+    BucketSetting("s3 versioning", "Enabled", _read_versioning, _write_versioning),
+    BucketSetting(
+        "s3 lifecycle",
+        "abort incomplete uploads; delete old versions",
+        _read_lifecycle,
+        _write_lifecycle,
+        shows_document=True,
+    ),
+)
+BUCKET_POLICY = BucketSetting(
+    "s3 bucket policy",
+    "deny non-TLS; deny uploads not SSE-KMS with the key",
+    _read_policy,
+    _write_policy,
+    shows_document=True,
+)
+
+
+def ensure_setting(ctx: BucketContext, setting: BucketSetting, out: Outcome, apply: bool) -> None:
+    """Read one setting, record exists/create/update, and write it with apply if it differs."""
+    reading = setting.read(ctx)
+    document = reading.desired if setting.shows_document else None
+    detail = reading.detail or setting.detail
+    _record(out, setting.kind, ctx.config.bucket, reading.current, reading.ok, detail, document)
+    if apply and not reading.ok:
+        setting.write(ctx, reading.desired)
+
+
 def ensure_bucket(
     clients: Clients, config: Config, out: Outcome, apply: bool, with_policy: bool = True
 ) -> None:
-    s3 = clients.s3
-    b = config.bucket
-    exists = _bucket_exists(clients, config)
-    if exists:
-        location = _call(f"s3:GetBucketLocation {b}", s3.get_bucket_location, Bucket=b)
-        region = {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(
-            location.get("LocationConstraint"), location.get("LocationConstraint")
-        )
-        if region != config.region:
-            raise UsageError(
-                f"bucket {b} is in {region}, not {config.region}: set AWS_DEFAULT_REGION={region} "
-                "(the KMS key must be in the bucket's region)"
-            )
-    out.changes.append(Change("s3 bucket", b, EXISTS if exists else CREATE, config.region))
-    if not exists and apply:
-        kwargs: dict[str, Any] = {"Bucket": b, "ObjectOwnership": "BucketOwnerEnforced"}
-        if config.region != "us-east-1":
-            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": config.region}
-        try:
-            s3.create_bucket(**kwargs)
-        except ClientError as exc:
-            if _error_code(exc) == "BucketAlreadyExists":
-                raise PipelineError(
-                    f"bucket name {b} is taken by another AWS account: choose another S3_BUCKET"
-                ) from exc
-            if _error_code(exc) != "BucketAlreadyOwnedByYou":
-                raise explain(exc, f"s3:CreateBucket {b}") from exc
-
-    def read(doing: str, missing: set[str], fn: Callable[..., Any]) -> Any:
-        return _get_or_none(doing, missing, fn, Bucket=b) if exists else None
-
-    # Block Public Access, all four settings.
-    wanted_pab = {
-        "BlockPublicAcls": True,
-        "IgnorePublicAcls": True,
-        "BlockPublicPolicy": True,
-        "RestrictPublicBuckets": True,
-    }
-    pab = read(
-        "s3:GetBucketPublicAccessBlock",
-        {"NoSuchPublicAccessBlockConfiguration"},
-        s3.get_public_access_block,
-    )
-    current = pab["PublicAccessBlockConfiguration"] if pab else None
-    _record(out, "s3 block public access", b, current, current == wanted_pab, "all four on")
-    if apply and current != wanted_pab:
-        _call(
-            "s3:PutBucketPublicAccessBlock",
-            s3.put_public_access_block,
-            Bucket=b,
-            PublicAccessBlockConfiguration=wanted_pab,
-        )
-
-    # Object Ownership: BucketOwnerEnforced (ACLs disabled).
-    own = read(
-        "s3:GetBucketOwnershipControls",
-        {"OwnershipControlsNotFoundError"},
-        s3.get_bucket_ownership_controls,
-    )
-    rules = own["OwnershipControls"]["Rules"] if own else None
-    ok = bool(rules) and rules[0].get("ObjectOwnership") == "BucketOwnerEnforced"
-    _record(out, "s3 object ownership", b, rules, ok, "BucketOwnerEnforced (ACLs disabled)")
-    if apply and not ok:
-        _call(
-            "s3:PutBucketOwnershipControls",
-            s3.put_bucket_ownership_controls,
-            Bucket=b,
-            OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
-        )
-
-    # Default encryption: SSE-KMS with the key, bucket key on.
-    key_arn = out.key_arn
-    enc = read(
-        "s3:GetEncryptionConfiguration",
-        {"ServerSideEncryptionConfigurationNotFoundError"},
-        s3.get_bucket_encryption,
-    )
-    enc_rules = enc["ServerSideEncryptionConfiguration"]["Rules"] if enc else None
-    ok = bool(enc_rules) and key_arn is not None and _encryption_ok(enc_rules[0], key_arn)
-    _record(out, "s3 default encryption", b, enc_rules, ok, "SSE-KMS with the key, bucket key on")
-    if apply and not ok:
-        _call(
-            "s3:PutEncryptionConfiguration",
-            s3.put_bucket_encryption,
-            Bucket=b,
-            ServerSideEncryptionConfiguration={
-                "Rules": [
-                    {
-                        "ApplyServerSideEncryptionByDefault": {
-                            "SSEAlgorithm": "aws:kms",
-                            "KMSMasterKeyID": key_arn,
-                        },
-                        "BucketKeyEnabled": True,
-                    }
-                ]
-            },
-        )
-
-    # Versioning: an overwrite never destroys data.
-    ver = read("s3:GetBucketVersioning", set(), s3.get_bucket_versioning)
-    status = (ver or {}).get("Status")
-    _record(out, "s3 versioning", b, status, status == "Enabled", "Enabled")
-    if apply and status != "Enabled":
-        _call(
-            "s3:PutBucketVersioning",
-            s3.put_bucket_versioning,
-            Bucket=b,
-            VersioningConfiguration={"Status": "Enabled"},
-        )
-
-    # Bucket policy: TLS only, SSE-KMS with this key only. Statements of others are kept.
-    if not with_policy:
-        out.changes.append(Change("s3 bucket policy", b, SKIP, "--skip-bucket-policy"))
-        return
-    ours = aws_policies.bucket_policy(b, key_arn or _pending_key(config, out), config.key_alias)
-    got = read("s3:GetBucketPolicy", {"NoSuchBucketPolicy"}, s3.get_bucket_policy)
-    existing = json.loads(got["Policy"]) if got else None
-    desired = merge_bucket_policy(existing, ours)
-    ok = existing is not None and same_policy(existing, desired)
-    _record(
-        out,
-        "s3 bucket policy",
-        b,
-        existing,
-        ok,
-        "deny non-TLS; deny uploads not SSE-KMS with the key",
-        desired,
-    )
-    if apply and not ok:
-        _call("s3:PutBucketPolicy", s3.put_bucket_policy, Bucket=b, Policy=json.dumps(desired))
+    """The bucket, then each of its settings; the policy unless `--skip-bucket-policy`."""
+    exists = _ensure_bucket_exists(clients, config, out, apply)
+    planned = out.key_arn or _pending_key(config, out)
+    ctx = BucketContext(clients.s3, config, exists, out.key_arn, planned)
+    for setting in BUCKET_SETTINGS:
+        ensure_setting(ctx, setting, out, apply)
+    if with_policy:
+        ensure_setting(ctx, BUCKET_POLICY, out, apply)
+    else:
+        out.changes.append(Change("s3 bucket policy", config.bucket, SKIP, "--skip-bucket-policy"))
 
 
 def _encryption_ok(rule: dict, key_arn: str) -> bool:

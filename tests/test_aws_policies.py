@@ -1,11 +1,16 @@
-"""The policies as documents: moto does not evaluate conditions, so the exact actions,
-resources and conditions are asserted here."""
+"""The policies as documents: the exact actions, resources and conditions.
+
+moto does not evaluate conditions; test_aws_policy_evaluation.py evaluates these documents
+with a real IAM evaluator."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from pipeline import aws_policies as p
+from pipeline import layout
 
 BUCKET = "acme-amplitude"
 KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -30,29 +35,30 @@ def _grants(document: dict) -> list[tuple[str, str, dict | None]]:
 def _all_documents() -> list[dict]:
     return [
         p.loader_policy(BUCKET, "amplitude", KEY),
-        p.loader_policy(BUCKET, "", KEY),
         p.snowflake_policy(BUCKET, "amplitude", KEY),
         p.snowflake_trust_policy("arn:aws:iam::987654321098:user/abc", "ext"),
         p.placeholder_trust_policy("123456789012"),
         p.bucket_policy(BUCKET, KEY, ALIAS),
-        *p.console_documents().values(),
+        *(d for d in p.console_documents().values() if "Statement" in d),
     ]
 
 
 VIA_S3 = {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}
 LIST_PREFIX = {"StringLike": {"s3:prefix": ["amplitude/*"]}}
+LIST_BOTH = {"StringLike": {"s3:prefix": ["amplitude/*", "amplitude-manifests/*"]}}
 
 
 def test_loader_policy_grants_exactly_what_load_and_extract_need():
     assert _grants(p.loader_policy(BUCKET, "amplitude", KEY)) == sorted(
         [
-            ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", LIST_PREFIX),
+            ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", LIST_BOTH),
             ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/amplitude/*", None),
             ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/amplitude/*", None),
             ("s3:AbortMultipartUpload", f"arn:aws:s3:::{BUCKET}/amplitude/*", None),
             ("s3:ListMultipartUploadParts", f"arn:aws:s3:::{BUCKET}/amplitude/*", None),
+            ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/amplitude-manifests/*", None),
+            ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/amplitude-manifests/*", None),
             ("kms:GenerateDataKey", KEY, VIA_S3),
-            ("kms:Encrypt", KEY, VIA_S3),
             ("kms:Decrypt", KEY, VIA_S3),
         ]
     )
@@ -63,10 +69,10 @@ def test_loader_policy_never_deletes():
     assert not {a for a in actions if "Delete" in a}
 
 
-def test_empty_prefix_means_the_whole_bucket_without_a_prefix_condition():
-    grants = _grants(p.loader_policy(BUCKET, "", KEY))
-    assert ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", None) in grants
-    assert ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/*", None) in grants
+def test_the_manifests_are_outside_the_stage_and_snowflake_never_sees_them():
+    manifests = layout.manifest_prefix("amplitude")
+    assert not manifests.startswith("amplitude/")  # the stage is s3://bucket/amplitude/
+    assert manifests not in json.dumps(p.snowflake_policy(BUCKET, "amplitude", KEY))
 
 
 def test_snowflake_policy_is_read_only_on_the_prefix():
@@ -113,28 +119,54 @@ def test_bucket_policy_denies_plain_http_for_everything():
     }
 
 
-def test_bucket_policy_denies_uploads_with_another_algorithm_or_key():
+def test_bucket_policy_encryption_denies_apply_only_when_their_header_is_sent():
     statements = {s["Sid"]: s for s in p.bucket_policy(BUCKET, KEY, ALIAS)["Statement"]}
-    sse = statements["DenyUploadsNotSseKms"]
-    assert (sse["Effect"], sse["Principal"], sse["Action"]) == ("Deny", "*", "s3:PutObject")
-    assert sse["Resource"] == [f"arn:aws:s3:::{BUCKET}/*"]
-    assert sse["Condition"] == {
-        "StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}
+    assert list(statements) == list(p.BUCKET_POLICY_SIDS)
+    sse = "s3:x-amz-server-side-encryption"
+    key_id = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+    conditions = {
+        "DenyUploadsNotSseKms": {
+            "StringNotEquals": {sse: "aws:kms"},
+            "Null": {sse: "false"},
+        },
+        "DenyUploadsWithOtherKmsKey": {
+            "StringNotEquals": {
+                key_id: [
+                    KEY,
+                    "1234abcd-12ab-34cd-56ef-1234567890ab",
+                    ALIAS,
+                    "arn:aws:kms:eu-west-1:123456789012:alias/amplitude-export",
+                ]
+            },
+            "Null": {key_id: "false"},
+        },
+        "DenyKmsUploadsWithoutKeyId": {
+            "StringEquals": {sse: "aws:kms"},
+            "Null": {key_id: "true"},
+        },
     }
-    key = statements["DenyUploadsWithOtherKmsKey"]
-    assert (key["Effect"], key["Principal"], key["Action"]) == ("Deny", "*", "s3:PutObject")
-    assert key["Resource"] == [f"arn:aws:s3:::{BUCKET}/*"]
-    assert key["Condition"] == {
-        "StringNotEqualsIfExists": {
-            "s3:x-amz-server-side-encryption-aws-kms-key-id": [
-                KEY,
-                "1234abcd-12ab-34cd-56ef-1234567890ab",
-                ALIAS,
-                "arn:aws:kms:eu-west-1:123456789012:alias/amplitude-export",
-            ]
+    for sid, condition in conditions.items():
+        assert statements[sid] == {
+            "Sid": sid,
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": [f"arn:aws:s3:::{BUCKET}/*"],
+            "Condition": condition,
         }
+    assert "IfExists" not in str(statements)
+    assert [s["Effect"] for s in statements.values()] == ["Deny"] * 4
+
+
+def test_bucket_policy_without_an_alias_names_the_key_by_arn_and_id_only():
+    statements = {s["Sid"]: s for s in p.bucket_policy(BUCKET, KEY)["Statement"]}
+    condition = statements["DenyUploadsWithOtherKmsKey"]["Condition"]["StringNotEquals"]
+    assert condition == {
+        "s3:x-amz-server-side-encryption-aws-kms-key-id": [
+            KEY,
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+        ]
     }
-    assert [s["Effect"] for s in statements.values()] == ["Deny"] * 3
 
 
 @pytest.mark.parametrize("document", _all_documents())
@@ -158,7 +190,29 @@ def test_console_documents_use_placeholders_not_real_values():
         "snowflake-role-policy.json",
         "snowflake-trust-policy.json",
         "bucket-policy.json",
+        "bucket-lifecycle.json",
     }
     text = str(docs)
     assert "<S3_BUCKET>" in text and "<ACCOUNT_ID>" in text
     assert "STORAGE_AWS_EXTERNAL_ID" in str(docs["snowflake-trust-policy.json"])
+
+
+def test_lifecycle_rules_cover_the_data_and_the_manifests_only():
+    assert p.lifecycle_rules("amplitude", 30) == [
+        {
+            "ID": "amplitude-export-data",
+            "Filter": {"Prefix": "amplitude/"},
+            "Status": "Enabled",
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 30},
+        },
+        {
+            "ID": "amplitude-export-manifests",
+            "Filter": {"Prefix": "amplitude-manifests/"},
+            "Status": "Enabled",
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 30},
+        },
+    ]
+    days = {r["NoncurrentVersionExpiration"]["NoncurrentDays"] for r in p.lifecycle_rules("x", 7)}
+    assert days == {7}

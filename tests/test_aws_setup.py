@@ -1,7 +1,8 @@
 """setup_aws.py against moto: apply from nothing, idempotent reruns, plan, trust, secrets.
 
 moto does not evaluate policy conditions, so policies are asserted as documents
-(test_aws_policies.py); here they are read back with the get_* calls and compared.
+(test_aws_policies.py) and evaluated (test_aws_policy_evaluation.py); here they are read back
+with the get_* calls and compared.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pipeline import aws_policies, aws_setup, settings
 from pipeline.aws_setup import CREATE, EXISTS, UPDATE, Clients, Config
 from pipeline.cli import run
 from pipeline.errors import PipelineError, UsageError
+from tests.iam.legacy import legacy_bucket_policy
 
 REGION = "us-east-1"
 BUCKET = "acme-amplitude"
@@ -61,6 +63,7 @@ def snapshot(clients: Clients) -> dict:
             "get_bucket_encryption",
             "get_bucket_versioning",
             "get_bucket_policy",
+            "get_bucket_lifecycle_configuration",
         ):
             try:
                 state[f"{name}:{call}"] = _strip(getattr(s3, call)(Bucket=name))
@@ -138,6 +141,8 @@ def test_apply_from_nothing_creates_every_resource_with_the_right_settings(clien
     }
     assert rule["BucketKeyEnabled"] is True
     assert s3.get_bucket_versioning(Bucket=BUCKET)["Status"] == "Enabled"
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    assert rules == aws_policies.lifecycle_rules("amplitude", 30)
     policy = json.loads(s3.get_bucket_policy(Bucket=BUCKET)["Policy"])
     assert policy == aws_policies.bucket_policy(BUCKET, meta["Arn"], "alias/amplitude-export")
 
@@ -198,6 +203,7 @@ def test_plan_from_nothing_lists_everything_and_creates_nothing(clients, config)
         "s3 object ownership",
         "s3 default encryption",
         "s3 versioning",
+        "s3 lifecycle",
         "s3 bucket policy",
         "iam policy",
         "iam user",
@@ -208,7 +214,7 @@ def test_plan_from_nothing_lists_everything_and_creates_nothing(clients, config)
     ]
     assert {c.status for c in outcome.changes} == {CREATE}
     documents = {c.kind: c.document for c in outcome.changes if c.document}
-    assert set(documents) == {"s3 bucket policy", "iam policy", "iam role"}
+    assert set(documents) == {"s3 lifecycle", "s3 bucket policy", "iam policy", "iam role"}
     assert snapshot(clients) == empty
     assert empty["buckets"] == [] and empty["keys"] == {} and empty["users"] == {}
 
@@ -255,12 +261,15 @@ def test_changed_prefix_updates_the_policies_in_place(clients, config):
     moved = Config(bucket=BUCKET, prefix="events", region=REGION, key_ref=config.key_ref)
     planned = aws_setup.reconcile(clients, moved, apply=False)
     assert [(c.kind, c.name) for c in planned.changes if c.status == UPDATE] == [
+        ("s3 lifecycle", BUCKET),
         ("iam policy", "amplitude-loader"),
         ("iam policy", "amplitude-snowflake-read"),
     ]
     aws_setup.reconcile(clients, moved, apply=True)
     doc = _policy_doc(clients.iam, f"arn:aws:iam::{ACCOUNT}:policy/amplitude-loader")
     assert doc["Statement"][1]["Resource"] == [f"arn:aws:s3:::{BUCKET}/events/*"]
+    rules = clients.s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    assert [r["Filter"] for r in rules] == [{"Prefix": "events/"}, {"Prefix": "events-manifests/"}]
     assert aws_setup.reconcile(clients, moved, apply=False).changed == []
 
 
@@ -281,6 +290,109 @@ def test_an_existing_bucket_policy_keeps_other_statements(clients, config):
     assert statements[0] == theirs
     assert [s["Sid"] for s in statements[1:]] == list(aws_policies.BUCKET_POLICY_SIDS)
     assert aws_setup.reconcile(clients, config, apply=False).changed == []
+
+
+def test_the_old_encryption_denies_are_replaced_by_sid(clients, config):
+    """A bucket set up before the fix: its IfExists denies refused every UploadPart."""
+    aws_setup.reconcile(clients, config, apply=True)
+    key_arn = clients.kms.describe_key(KeyId=config.key_ref)["KeyMetadata"]["Arn"]
+    old = legacy_bucket_policy(BUCKET, key_arn, config.key_alias)
+    clients.s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(old))
+    planned = aws_setup.reconcile(clients, config, apply=False)
+    assert [(c.kind, c.status) for c in planned.changed] == [("s3 bucket policy", UPDATE)]
+    aws_setup.reconcile(clients, config, apply=True)
+    policy = json.loads(clients.s3.get_bucket_policy(Bucket=BUCKET)["Policy"])
+    assert policy == aws_policies.bucket_policy(BUCKET, key_arn, config.key_alias)
+    assert "IfExists" not in json.dumps(policy)
+
+
+THEIR_RULE = {
+    "ID": "their-logs",
+    "Filter": {"Prefix": "logs/"},
+    "Status": "Enabled",
+    "Expiration": {"Days": 90},
+}
+
+
+def test_lifecycle_keeps_other_rules_and_replaces_ours_by_id(clients, config):
+    clients.s3.create_bucket(Bucket=BUCKET)
+    stale = aws_policies.lifecycle_rules("amplitude", 5)[0]  # ours, with other days
+    clients.s3.put_bucket_lifecycle_configuration(
+        Bucket=BUCKET, LifecycleConfiguration={"Rules": [THEIR_RULE, stale]}
+    )
+    planned = aws_setup.reconcile(clients, config, apply=False)
+    (change,) = [c for c in planned.changes if c.kind == "s3 lifecycle"]
+    assert change.status == UPDATE
+    assert change.document["Rules"] == [THEIR_RULE, *aws_policies.lifecycle_rules("amplitude", 30)]
+
+    aws_setup.reconcile(clients, config, apply=True)
+    rules = clients.s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    assert rules == [THEIR_RULE, *aws_policies.lifecycle_rules("amplitude", 30)]
+
+    before = snapshot(clients)
+    again = aws_setup.reconcile(clients, config, apply=True)
+    assert [c for c in again.changes if c.status != EXISTS] == []
+    assert snapshot(clients) == before
+
+
+class LifecycleOnly:
+    """An S3 client with one lifecycle configuration, recording the PUT."""
+
+    def __init__(self, got: dict) -> None:
+        self.got = got
+        self.put: dict | None = None
+
+    def get_bucket_lifecycle_configuration(self, Bucket: str) -> dict:
+        return self.got
+
+    def put_bucket_lifecycle_configuration(self, **kwargs) -> None:
+        self.put = kwargs
+
+
+def test_lifecycle_write_keeps_the_buckets_transition_default(config):
+    """A PUT without TransitionDefaultMinimumObjectSize would reset it (moto ignores it)."""
+    s3 = LifecycleOnly(
+        {"Rules": [THEIR_RULE], "TransitionDefaultMinimumObjectSize": "varies_by_storage_class"}
+    )
+    ctx = aws_setup.BucketContext(s3, config, True, None, "arn:aws:kms:us-east-1:1:key/k")
+    out = aws_setup.Outcome(account=ACCOUNT)
+    (setting,) = [s for s in aws_setup.BUCKET_SETTINGS if s.kind == "s3 lifecycle"]
+    aws_setup.ensure_setting(ctx, setting, out, apply=True)
+    assert s3.put == {
+        "Bucket": BUCKET,
+        "LifecycleConfiguration": {
+            "Rules": [THEIR_RULE, *aws_policies.lifecycle_rules("amplitude", 30)]
+        },
+        "TransitionDefaultMinimumObjectSize": "varies_by_storage_class",
+    }
+    assert [c.status for c in out.changes] == [UPDATE]
+
+
+def test_noncurrent_version_days_come_from_the_setting(clients, config, monkeypatch, capsys):
+    aws_setup.reconcile(clients, config, apply=True)
+    monkeypatch.setenv("S3_BUCKET", BUCKET)
+    monkeypatch.setenv("S3_NONCURRENT_VERSION_DAYS", "45")
+    assert run(setup_aws.main, ["plan"]) == 0
+    out = capsys.readouterr().out
+    assert "update   s3 lifecycle" in out
+    assert "delete old versions after 45 days" in out
+    assert '"NoncurrentDays": 45' in out
+    assert "1 to create or update" in out
+
+    assert run(setup_aws.main, ["apply"]) == 0
+    rules = clients.s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    assert [r["NoncurrentVersionExpiration"] for r in rules] == [{"NoncurrentDays": 45}] * 2
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "thirty", "1.5"])
+def test_a_bad_noncurrent_version_days_is_a_usage_error(aws, monkeypatch, capsys, value):
+    monkeypatch.setenv("S3_BUCKET", BUCKET)
+    monkeypatch.setenv("S3_NONCURRENT_VERSION_DAYS", value)
+    assert run(setup_aws.main, ["plan"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: S3_NONCURRENT_VERSION_DAYS is {value!r}: set it to a whole number of days, "
+        "1 or more (default 30)\n"
+    )
 
 
 def test_an_existing_key_named_by_arn_is_used_and_not_aliased(clients):
