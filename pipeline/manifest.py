@@ -194,25 +194,31 @@ class S3Manifests:
         self.s3, self.bucket = s3, bucket
         self.root = manifest_prefix(prefix)
         self._cache: dict[tuple[str, str], DayManifest | None] = {}
+        self._days: dict[str, list[str]] = {}
 
     def key(self, project: str, date: str) -> str:
         return f"{self.root}/{project}/{date}.json"
 
     def get(self, project: str, date: str) -> DayManifest | None:
-        """The published manifest of the day, or None; one GET, cached."""
+        """The published manifest of the day, or None; one GET, cached.
+
+        Only a day the listing shows is read: S3 answers a GET of a missing key with 403,
+        not 404, to a loader whose s3:ListBucket is limited to the prefixes.
+        """
         if (project, date) in self._cache:
             return self._cache[(project, date)]
-        key = self.key(project, date)
-        try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in {"NoSuchKey", "404"}:
+        day = None
+        if date in self.days(project):
+            key = self.key(project, date)
+            try:
+                body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in {"NoSuchKey", "404"}:
+                    raise _explain(exc, "s3:GetObject", self.bucket) from exc
+            except BotoCoreError as exc:
                 raise _explain(exc, "s3:GetObject", self.bucket) from exc
-            day = None
-        except BotoCoreError as exc:
-            raise _explain(exc, "s3:GetObject", self.bucket) from exc
-        else:
-            day = DayManifest.from_json(body, f"s3://{self.bucket}/{key}")
+            else:
+                day = DayManifest.from_json(body, f"s3://{self.bucket}/{key}")
         self._cache[(project, date)] = day
         return day
 
@@ -230,9 +236,15 @@ class S3Manifests:
         except (ClientError, BotoCoreError) as exc:
             raise _explain(exc, "s3:PutObject", self.bucket, kms_key) from exc
         self._cache[(day.project, day.date)] = day
+        listed = self._days.setdefault(day.project, [])
+        if day.date not in listed:
+            listed.append(day.date)
+            listed.sort()
 
     def days(self, project: str) -> list[str]:
-        """Every day with a published manifest: one ListObjectsV2 per 1,000 days."""
+        """Every day with a published manifest: one ListObjectsV2 per 1,000 days, cached."""
+        if project in self._days:
+            return self._days[project]
         head = f"{self.root}/{project}/"
         found = []
         try:
@@ -246,7 +258,8 @@ class S3Manifests:
                         found.append(name[: -len(".json")])
         except (ClientError, BotoCoreError) as exc:
             raise _explain(exc, "s3:ListBucket", self.bucket) from exc
-        return sorted(found)
+        self._days[project] = sorted(found)
+        return self._days[project]
 
 
 def _explain(exc: Exception, action: str, bucket: str, kms_key: str | None = None):

@@ -79,13 +79,13 @@ class KeyRegistry:
             return str(entry["project"])
         if self.s3 is None or self.bucket is None:
             return None
-        try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=self.remote_key(fp))["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+        key = self.remote_key(fp)
+        try:  # list first: a GET of a missing key is a 403 to a prefix-limited loader
+            listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
+            if not any(o["Key"] == key for o in listed.get("Contents", [])):
                 return None
-            raise _explain(exc, "s3:GetObject", self.bucket) from exc
-        except BotoCoreError as exc:
+            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
             raise _explain(exc, "s3:GetObject", self.bucket) from exc
         project = str(json.loads(body)["project"])
         self.remember(fp, project, published=True)

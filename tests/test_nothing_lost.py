@@ -292,3 +292,38 @@ def test_an_unrecorded_file_is_uploaded_when_its_key_is_new(pipeline_env, s3, da
     assert load_at(at(10, 20)) == 0
     held, _ = uuids_in_s3(s3)
     assert "by-hand" in held[at(3)]
+
+
+def test_no_get_of_a_missing_manifest(pipeline_env, s3, service, monkeypatch):
+    """Real S3 answers a GET of a missing key with 403 to a loader whose s3:ListBucket is
+    limited to the prefixes (moto says 404): manifests and key maps are listed, then read."""
+    from pipeline import s3 as s3mod
+
+    from .test_load import s3_error_response
+
+    real_client = s3mod.client
+
+    def strict(*args, **kwargs):
+        c = real_client(*args, **kwargs)
+
+        def remember(params, context, **_):
+            context["asked"] = (params["Bucket"], params["Key"])
+
+        def get_object(model, context, **_):
+            bucket, key = context["asked"]
+            try:
+                s3.head_object(Bucket=bucket, Key=key)
+            except s3.exceptions.ClientError:
+                return s3_error_response(403, "AccessDenied", "Access Denied")(model=model)
+            return None
+
+        c.meta.events.register("before-parameter-build.s3.GetObject", remember)
+        c.meta.events.register("before-call.s3.GetObject", get_object)
+        return c
+
+    monkeypatch.setattr(s3mod, "client", strict)
+    monkeypatch.setattr("extract.s3.client", strict)
+    monkeypatch.setattr("load.client", strict)
+    cron(at(10, 15))
+    cron(at(11, 15))
+    assert_complete(s3, service, at(0), default_end(at(11, 15)))
