@@ -1,11 +1,12 @@
 """Amplitude Export API → json_data/.
 
-    python extract.py [--start HOUR] [--end HOUR] [--days N] [--dry-run]
+    python extract.py [--start HOUR] [--end HOUR] [--days N] [--dry-run] [--project NAME]
                       [--lookback-hours N] [--window-hours N] [--wait]
 
-HOUR is YYYYMMDDTHH (UTC) or YYYY-MM-DD. Defaults: from the newest hour of this project
-already held (in json_data/ or S3), less a short lookback, plus every hour fetched before
-Amplitude had finished it, to the newest hour Amplitude has finished. See README.md.
+HOUR is YYYYMMDDTHH (UTC) or YYYY-MM-DD. Defaults, per project: from the newest hour of that
+project already held (in json_data/ or S3), less a short lookback, plus every hour fetched
+before Amplitude had finished it, to the newest hour Amplitude has finished. Several projects
+(AMPLITUDE_PROJECTS) run in turn; one's failure does not stop the others. See README.md.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pipeline import lock, s3
 from pipeline.cli import ArgumentParser, configure_logging, run
-from pipeline.errors import UsageError
+from pipeline.errors import PipelineError, UsageError
 from pipeline.export_api import make_session
 from pipeline.extraction import (
     DEFAULT_LOOKBACK_HOURS,
@@ -29,7 +31,8 @@ from pipeline.extraction import (
 )
 from pipeline.hours import parse_hour
 from pipeline.manifest import LocalManifests, S3Manifests, history
-from pipeline.projects import KeyRegistry, check_project_id, fingerprint
+from pipeline.projects import KeyRegistry, Source, configured, fingerprint, select
+from pipeline.s3 import HeldObject
 from pipeline.settings import Settings, load_settings
 
 log = logging.getLogger("pipeline.extract")
@@ -52,6 +55,7 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument(
         "--window-hours", type=int, default=24, help="hours per export request (default 24)"
     )
+    parser.add_argument("--project", help="only this project of AMPLITUDE_PROJECTS")
     parser.add_argument("--dry-run", action="store_true", help="print the requests and stop")
     parser.add_argument(
         "--wait", action="store_true", help="wait for another run on json_data/ to finish"
@@ -59,42 +63,88 @@ def parse_args(argv: Sequence[str] | None):
     return parser.parse_args(argv)
 
 
+@dataclass
+class Shared:
+    """What every project of a run uses alike: S3, the listing, the manifests."""
+
+    settings: Settings
+    client: object | None
+    held: dict[str, HeldObject]
+    local: LocalManifests
+    remote: S3Manifests | None
+    registry: KeyRegistry
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = load_settings()
     configure_logging(settings.log_level, settings.secrets())
+    sources = select(configured(settings), args.project)
+    if not args.dry_run:
+        for source in sources:  # a missing key is a settings error, before anything runs
+            source.auth()
+    start = parse_hour(args.start, as_end=False, option="--start") if args.start else None
+    end = parse_hour(args.end, as_end=True, option="--end") if args.end else None
+    if start is not None and end is not None and start > end:
+        raise UsageError(f"the end {args.end} is before the start {args.start}")
     held_lock = (
         nullcontext()
         if args.dry_run
         else lock.hold(settings.json_data_dir, "extract.py", wait=args.wait)
     )
     with held_lock:
-        return extract(args, settings)
+        shared = connect(settings)
+        if len(sources) == 1:  # one project: its own error line, as it is
+            return extract(args, shared, sources[0], start, end)
+        failed: list[tuple[Source, PipelineError]] = []
+        for source in sources:
+            print(f"project {source.name}:")
+            try:
+                extract(args, shared, source, start, end)
+            except UsageError:
+                raise
+            except PipelineError as exc:
+                log.error("project %s failed: %s", source.name, exc)
+                failed.append((source, exc))
+        if failed:
+            raise PipelineError(
+                f"{len(failed)} of {len(sources)} projects failed ("
+                + "; ".join(f"{s.name}: {exc}" for s, exc in failed)
+                + "); the others completed. Rerun one alone with: "
+                + ", ".join(f"python extract.py --project {s.name}" for s, _ in failed)
+            )
+        return 0
 
 
-def extract(args, settings: Settings) -> int:
-    start = parse_hour(args.start, as_end=False, option="--start") if args.start else None
-    end = parse_hour(args.end, as_end=True, option="--end") if args.end else None
-    if start is not None and end is not None and start > end:
-        raise UsageError(f"the end {args.end} is before the start {args.start}")
-    base_url = settings.export_url
+def connect(settings: Settings) -> Shared:
     data_dir, bucket, prefix = settings.json_data_dir, settings.s3_bucket, settings.s3_prefix
-    explicit = check_project_id(settings.get("AMPLITUDE_PROJECT_ID"))
-
     client = s3.client(settings) if bucket else None
     held = s3.list_held(client, bucket, prefix) if client and bucket else {}
-    registry = KeyRegistry(data_dir, client, bucket, prefix)
-    api_key = settings.get("AMPLITUDE_API_KEY")
-    key_print = fingerprint(api_key) if api_key else None
-    project = explicit or (registry.lookup(key_print) if key_print else None)
-    local = LocalManifests(data_dir)
-    remote = S3Manifests(client, bucket, prefix) if client and bucket else None
-    past = history(project, local, remote) if project else None
-    newest = newest_held_hour(data_dir, held, project, past) if project else None
     if not bucket:
         log.warning("S3_BUCKET is not set: no gap check, and S3 does not move the start")
+    return Shared(
+        settings=settings,
+        client=client,
+        held=held,
+        local=LocalManifests(data_dir),
+        remote=S3Manifests(client, bucket, prefix) if client and bucket else None,
+        registry=KeyRegistry(data_dir, client, bucket, prefix),
+    )
+
+
+def extract(args, shared: Shared, source: Source, start, end) -> int:
+    settings = shared.settings
+    data_dir, prefix = settings.json_data_dir, settings.s3_prefix
+    key_print = fingerprint(source.api_key) if source.api_key else None
+    project = source.project_id or (shared.registry.lookup(key_print) if key_print else None)
+    past = history(project, shared.local, shared.remote) if project else None
+    newest = newest_held_hour(data_dir, shared.held, project, past) if project else None
     if project is None and start is None:
-        log.info("this key pair's project id is not known yet: starting --days back")
+        log.info(
+            "project %s: its project id is not known yet (a key pair never used before): "
+            "starting --days back",
+            source.name,
+        )
     plan = plan_windows(
         datetime.now(UTC),
         start,
@@ -107,35 +157,32 @@ def extract(args, settings: Settings) -> int:
     )
 
     if args.dry_run or not plan.windows:  # show the plan, or that there is nothing to do
-        print("\n".join(dry_run_lines(plan, base_url)))
+        print("\n".join(dry_run_lines(plan, source.export_url)))
         return 0
     for note in plan.notes:
         log.warning(note)
-    auth = (
-        settings.require("AMPLITUDE_API_KEY", "extract.py"),
-        settings.require("AMPLITUDE_SECRET_KEY", "extract.py"),
-    )
-    if explicit and key_print:
-        registry.remember(key_print, explicit)
+    auth = source.auth()
+    if source.project_id and key_print:
+        shared.registry.remember(key_print, source.project_id)
 
     def learned(pid: str) -> None:
-        log.info("this key pair exports project %s: remembered", pid)
+        log.info("project %s: this key pair exports project id %s (remembered)", source.name, pid)
         if key_print:
-            registry.remember(key_print, pid)
+            shared.registry.remember(key_print, pid)
 
     extractor = Extractor(
         session=make_session(),
-        base_url=base_url,
+        base_url=source.export_url,
         auth=auth,
         data_dir=data_dir,
         prefix=prefix,
-        held=held,
+        held=shared.held,
         project=project,
-        explicit_project=explicit is not None,
-        s3=client,
-        bucket=bucket,
-        remote=remote,
-        local=local,
+        explicit_project=source.project_id is not None,
+        s3=shared.client,
+        bucket=settings.s3_bucket,
+        remote=shared.remote,
+        local=shared.local,
         on_project=learned,
     )
     summary = extractor.run(plan.windows)

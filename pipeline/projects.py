@@ -1,4 +1,15 @@
-"""Which Amplitude project a key pair exports.
+"""The Amplitude projects a run exports, and which project id each key pair exports.
+
+One project (the usual case) is `AMPLITUDE_API_KEY`, `AMPLITUDE_SECRET_KEY`, `AMPLITUDE_REGION`
+and, optionally, `AMPLITUDE_PROJECT_ID`. Several are listed by name in `AMPLITUDE_PROJECTS`
+(`prod,staging`), each with its own settings under `AMPLITUDE_<NAME>_`:
+
+    AMPLITUDE_PROJECTS=prod,staging
+    AMPLITUDE_PROD_API_KEY=...      AMPLITUDE_PROD_SECRET_KEY=...      AMPLITUDE_PROD_REGION=eu
+    AMPLITUDE_STAGING_API_KEY=...   AMPLITUDE_STAGING_SECRET_KEY=...   (region: us)
+
+`AMPLITUDE_<NAME>_PROJECT_ID` and `AMPLITUDE_<NAME>_EXPORT_URL` are optional; a project
+without its own region or URL takes `AMPLITUDE_REGION` / `AMPLITUDE_EXPORT_URL`.
 
 A key pair belongs to exactly one project, but nothing in the Export API says which until an
 export holds data (its members are named `<project_id>/...`). The id is then remembered per
@@ -13,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -21,10 +34,78 @@ from pipeline.durable import make_dirs, write_atomic
 from pipeline.errors import PipelineError, UsageError
 from pipeline.layout import manifest_prefix
 from pipeline.manifest import LOCAL_DIR
+from pipeline.settings import Settings
 
 log = logging.getLogger("pipeline.projects")
 
 KEYS_FILE = "keys.json"
+DEFAULT_NAME = "default"  # the one project of AMPLITUDE_API_KEY & co.
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One Amplitude project as configured: its name, key pair, endpoint and id if given."""
+
+    name: str
+    export_url: str
+    api_key: str | None
+    secret_key: str | None
+    project_id: str | None  # AMPLITUDE_[<NAME>_]PROJECT_ID, explicit
+    prefix: str  # its settings' names start with this: AMPLITUDE_ or AMPLITUDE_<NAME>_
+
+    def auth(self) -> tuple[str, str]:
+        """The key pair, or a UsageError naming the missing setting."""
+        for name, value in (("API_KEY", self.api_key), ("SECRET_KEY", self.secret_key)):
+            if not value:
+                raise UsageError(
+                    f"{self.prefix}{name} is not set: add it to .env (see .env.example); "
+                    "extract.py needs it"
+                )
+        return self.api_key or "", self.secret_key or ""
+
+
+def configured(settings: Settings) -> list[Source]:
+    """The projects the settings list (AMPLITUDE_PROJECTS), or the one default project."""
+    listed = settings.get("AMPLITUDE_PROJECTS")
+    if listed is None:
+        return [_source(settings, DEFAULT_NAME, "AMPLITUDE_")]
+    names = [n.strip().lower() for n in listed.split(",") if n.strip()]
+    bad = [n for n in names if not _NAME.fullmatch(n)]
+    if not names or bad:
+        raise UsageError(
+            f"AMPLITUDE_PROJECTS is {listed!r}: list project names separated by commas, each "
+            "a letter then letters, digits or _ (e.g. prod,staging)"
+        )
+    if len(set(names)) != len(names):
+        raise UsageError(f"AMPLITUDE_PROJECTS names a project twice: {listed!r}")
+    if settings.get("AMPLITUDE_API_KEY"):
+        log.warning("AMPLITUDE_API_KEY is ignored: AMPLITUDE_PROJECTS lists the projects")
+    return [_source(settings, n, f"AMPLITUDE_{n.upper()}_") for n in names]
+
+
+def _source(settings: Settings, name: str, prefix: str) -> Source:
+    region = f"{prefix}REGION" if settings.get(f"{prefix}REGION") else "AMPLITUDE_REGION"
+    url = f"{prefix}EXPORT_URL" if settings.get(f"{prefix}EXPORT_URL") else "AMPLITUDE_EXPORT_URL"
+    return Source(
+        name=name,
+        export_url=settings.export_url_for(region, url),
+        api_key=settings.get(f"{prefix}API_KEY"),
+        secret_key=settings.get(f"{prefix}SECRET_KEY"),
+        project_id=check_project_id(settings.get(f"{prefix}PROJECT_ID"), f"{prefix}PROJECT_ID"),
+        prefix=prefix,
+    )
+
+
+def select(sources: list[Source], name: str | None) -> list[Source]:
+    """All sources, or only the one `--project NAME` names."""
+    if name is None:
+        return sources
+    chosen = [s for s in sources if s.name == name.lower()]
+    if not chosen:
+        known = ", ".join(s.name for s in sources)
+        raise UsageError(f"--project {name!r} is not configured (projects: {known})")
+    return chosen
 
 
 def fingerprint(api_key: str) -> str:
@@ -32,14 +113,14 @@ def fingerprint(api_key: str) -> str:
     return hashlib.sha256(b"amplitude-api-key:" + api_key.encode()).hexdigest()[:16]
 
 
-def check_project_id(value: str | None) -> str | None:
-    """AMPLITUDE_PROJECT_ID as given: digits only, or None when unset."""
+def check_project_id(value: str | None, name: str = "AMPLITUDE_PROJECT_ID") -> str | None:
+    """A project id setting as given: digits only, or None when unset."""
     if value is None:
         return None
     value = value.strip()
     if not value.isascii() or not value.isdigit():
         raise UsageError(
-            f"AMPLITUDE_PROJECT_ID is {value!r}: set it to the project's numeric id "
+            f"{name} is {value!r}: set it to the project's numeric id "
             "(Amplitude → Settings → Projects), or remove it"
         )
     return str(int(value))

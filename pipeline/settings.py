@@ -8,6 +8,7 @@ off the gap check), and an empty line in `.env` takes the default.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ SECRET_NAMES = (
     "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE",
 )
 
+# A project's own key pair when several are listed (AMPLITUDE_PROJECTS): AMPLITUDE_<NAME>_...
+_PROJECT_SECRET = re.compile(r"AMPLITUDE_[A-Z0-9_]+_(API_KEY|SECRET_KEY)")
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -57,8 +61,9 @@ class Settings:
         return value
 
     def secrets(self) -> list[str]:
-        """The secret values present, for redaction."""
-        return [v for n in SECRET_NAMES if (v := self.get(n))]
+        """The secret values present, for redaction (every project's key pair included)."""
+        names = [n for n in self.values if _PROJECT_SECRET.fullmatch(n)]
+        return [v for n in (*SECRET_NAMES, *names) if (v := self.get(n))]
 
     @property
     def log_level(self) -> str:
@@ -92,12 +97,16 @@ class Settings:
 
     @property
     def export_url(self) -> str:
-        override = self.get("AMPLITUDE_EXPORT_URL")
+        return self.export_url_for("AMPLITUDE_REGION", "AMPLITUDE_EXPORT_URL")
+
+    def export_url_for(self, region_name: str, url_name: str) -> str:
+        """The export endpoint: `url_name` if set, else the one of region `region_name`."""
+        override = self.get(url_name)
         if override:
             return override
-        region = (self.get("AMPLITUDE_REGION", "us") or "us").lower()
+        region = (self.get(region_name, "us") or "us").lower()
         if region not in EXPORT_URLS:
-            raise UsageError(f"AMPLITUDE_REGION is {region!r}: set it to 'us' or 'eu'")
+            raise UsageError(f"{region_name} is {region!r}: set it to 'us' or 'eu'")
         return EXPORT_URLS[region]
 
     def flag(self, name: str, default: bool = False) -> bool:
