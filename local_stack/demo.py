@@ -1,7 +1,8 @@
 """`make demo`: the whole pipeline on a local stack, with no accounts and no network.
 
-- Amplitude: the project's own export stand-in (local_stack.amplitude_server), serving
-  generated events with several shards an hour and an empty hour.
+- Amplitude: the project's own export stand-in (local_stack.amplitude_server), twice: two
+  projects (one "EU", one "US", each with its own key pair, as AMPLITUDE_PROJECTS lists them),
+  serving generated events with several shards an hour and an empty hour.
 - S3 and KMS: moto's server, set up by `setup_aws.py apply` as for a real account (less the
   bucket policy, whose conditions moto cannot evaluate).
 - Snowflake: fakesnow's server (local_stack.snowflake_server), running the snowflake/
@@ -83,6 +84,10 @@ class Counts:
     distinct_uuids: int
 
 
+# The two projects the demo exports: name → (project id, region label).
+PROJECTS = {"eu_app": (123456, "eu"), "us_app": (654321, "us")}
+
+
 def step(env: dict[str, str], *argv: str, show: int = 12) -> str:
     """Run one of the project's commands as a subprocess; stop the demo if it fails."""
     shown = " ".join(argv)
@@ -115,47 +120,66 @@ def run_worksheets(conn, names: list[str]) -> None:
             cursor.execute(statement.sql)
 
 
-def count_events_local(data_dir: Path) -> int:
+def count_events_local(data_dir: Path, project: int) -> int:
     total = 0
-    for _, path in scan_local(data_dir):
-        with open(path, "rb") as f:
-            total += sum(1 for _ in f)
+    for f, path in scan_local(data_dir):
+        if f.project == str(project):
+            with open(path, "rb") as src:
+                total += sum(1 for _ in src)
     return total
 
 
-def counts(data_dir: Path, s3, conn, served: int) -> Counts:
-    keys = [
-        obj["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{PREFIX}/")
-        for obj in page.get("Contents", [])
-    ]
-    encrypted = sum(
-        1
-        for key in keys
-        if s3.head_object(Bucket=BUCKET, Key=key).get("ServerSideEncryption") == "aws:kms"
-    )
-    rows, distinct = (
-        conn.cursor().execute("SELECT COUNT(*), COUNT(DISTINCT uuid) FROM events").fetchone()
-    )
-    return Counts(served, count_events_local(data_dir), len(keys), encrypted, rows, distinct)
+def counts(data_dir: Path, s3, conn, served: dict[int, int]) -> dict[int, Counts]:
+    """Per project id: events served, in json_data/, objects, rows and uuids in events."""
+    result = {}
+    for project, events in served.items():
+        keys = [
+            obj["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(
+                Bucket=BUCKET, Prefix=f"{PREFIX}/{project}/"
+            )
+            for obj in page.get("Contents", [])
+        ]
+        encrypted = sum(
+            1
+            for key in keys
+            if s3.head_object(Bucket=BUCKET, Key=key).get("ServerSideEncryption") == "aws:kms"
+        )
+        rows, distinct = (
+            conn.cursor()
+            .execute(f"SELECT COUNT(*), COUNT(DISTINCT uuid) FROM events WHERE app = {project}")
+            .fetchone()
+        )
+        local = count_events_local(data_dir, project)
+        result[project] = Counts(events, local, len(keys), encrypted, rows, distinct)
+    return result
+
+
+def total(per_project: dict[int, Counts]) -> Counts:
+    fields = Counts.__dataclass_fields__
+    return Counts(*(sum(getattr(c, f) for c in per_project.values()) for f in fields))
 
 
 @dataclass
 class DemoResult:
-    first: Counts
-    second: Counts
-    second_requests: list[tuple[str, str]]
-    files: int
+    first: dict[int, Counts]  # per project id
+    second: dict[int, Counts]
+    second_requests: dict[int, list[tuple[str, str]]]
+    files: dict[int, int]
+    all_rows: int = 0  # rows in events, every project
+    all_uuids: int = 0
 
     @property
     def ok(self) -> bool:
-        f, s = self.first, self.second
-        return (
+        per_project = all(
             f.served == f.local == f.rows == f.distinct_uuids > 0
-            and f.objects == f.encrypted == self.files
-            and s == f
-            and len(self.second_requests) == 1
+            and f.objects == f.encrypted == self.files[pid]
+            and self.second[pid] == f
+            and len(self.second_requests[pid]) == 1
+            for pid, f in self.first.items()
         )
+        everything = total(self.first)
+        return per_project and self.all_rows == self.all_uuids == everything.served
 
 
 def run_demo(events_per_hour: int = 20, shards: int = 3) -> DemoResult:
@@ -171,26 +195,38 @@ def run_demo(events_per_hour: int = 20, shards: int = 3) -> DemoResult:
     data_dir = work / "json_data"
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, work, ignore_errors=True)
-        print("starting the local stack: Amplitude stand-in, moto (S3, KMS, IAM), fakesnow")
+        print("starting the local stack: two Amplitude stand-ins, moto (S3, KMS, IAM), fakesnow")
         s3_endpoint = stack.enter_context(moto_server())
-        service = ExportService(
-            first=first,
-            last=now,
-            events_per_hour=events_per_hour,
-            shards=shards,
-            empty_hours={empty},
-            seed=42,
-        )
-        export_url = stack.enter_context(running(service))
+        services: dict[int, ExportService] = {}
+        amplitude_env: dict[str, str] = {"AMPLITUDE_PROJECTS": ",".join(PROJECTS)}
+        for n, (name, (project, region)) in enumerate(PROJECTS.items()):
+            service = ExportService(
+                api_key=f"demo-{name}-api-key",
+                secret_key=f"demo-{name}-secret-key",
+                project_id=project,
+                first=first,
+                last=now,
+                events_per_hour=events_per_hour + 5 * n,  # the two differ, visibly
+                shards=shards,
+                empty_hours={empty},
+                seed=42 + n,
+            )
+            services[project] = service
+            upper = name.upper()
+            amplitude_env |= {
+                f"AMPLITUDE_{upper}_API_KEY": service.api_key,
+                f"AMPLITUDE_{upper}_SECRET_KEY": service.secret_key,
+                f"AMPLITUDE_{upper}_REGION": region,
+                # the stand-in plays the region's host
+                f"AMPLITUDE_{upper}_EXPORT_URL": stack.enter_context(running(service)),
+            }
         snowflake_server = stack.enter_context(serve(s3_endpoint, credentials=AWS_KEYS))
 
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": str(work),
             "LOG_LEVEL": "WARNING",
-            "AMPLITUDE_API_KEY": service.api_key,
-            "AMPLITUDE_SECRET_KEY": service.secret_key,
-            "AMPLITUDE_EXPORT_URL": export_url,
+            **amplitude_env,
             "JSON_DATA_DIR": str(data_dir),
             "S3_BUCKET": BUCKET,
             "S3_PREFIX": PREFIX,
@@ -225,18 +261,23 @@ def run_demo(events_per_hour: int = 20, shards: int = 3) -> DemoResult:
         # top of an hour still compares like with like; --start is left to the default.
         end = format_hour(last)
         step(env, "extract.py", "--days", "1", "--end", end)
-        served_first = service.events_served
+        served_first = {pid: svc.events_served for pid, svc in services.items()}
         step(env, "load.py", "--copy")
         first_run = counts(data_dir, s3, conn, served_first)
-        requests_before = len(service.requests)
+        before = {pid: len(svc.requests) for pid, svc in services.items()}
 
         print("\nsecond run (incremental refresh):")
         step(env, "extract.py", "--end", end)
-        again = service.requests[requests_before:]
+        again = {pid: svc.requests[before[pid] :] for pid, svc in services.items()}
         step(env, "load.py", "--copy")
         second_run = counts(data_dir, s3, conn, served_first)
-
-        return DemoResult(first_run, second_run, again, len(scan_local(data_dir)))
+        files = {pid: 0 for pid in services}
+        for f, _ in scan_local(data_dir):
+            files[int(f.project)] += 1
+        all_rows, all_uuids = (
+            conn.cursor().execute("SELECT COUNT(*), COUNT(DISTINCT uuid) FROM events").fetchone()
+        )
+        return DemoResult(first_run, second_run, again, files, all_rows, all_uuids)
 
 
 def main() -> int:
@@ -250,24 +291,37 @@ def main() -> int:
 
 
 def print_table(result: DemoResult, started: float) -> None:
-    first, second = result.first, result.second
+    names = {pid: name for name, (pid, _) in PROJECTS.items()}
+    columns = [(pid, run) for pid in result.first for run in ("first", "second")]
     print()
-    print(f"{'':34}{'first run':>12}{'second run':>12}")
-    for label, a, b in [
-        ("events served by Amplitude", first.served, second.served),
-        ("events in json_data/", first.local, second.local),
-        ("objects in S3", first.objects, second.objects),
-        ("  of which SSE-KMS encrypted", first.encrypted, second.encrypted),
-        ("rows in events", first.rows, second.rows),
-        ("distinct uuids in events", first.distinct_uuids, second.distinct_uuids),
+    print(f"{'':30}" + "".join(f"{names[pid]:>12}" for pid, _ in columns))
+    print(f"{'':30}" + "".join(f"{run + ' run':>12}" for _, run in columns))
+    for label, field_ in [
+        ("events served by Amplitude", "served"),
+        ("events in json_data/", "local"),
+        ("objects in S3", "objects"),
+        ("  of which SSE-KMS encrypted", "encrypted"),
+        ("rows in events", "rows"),
+        ("distinct uuids in events", "distinct_uuids"),
     ]:
-        print(f"{label:34}{a:>12}{b:>12}")
-    windows = ", ".join(f"{s}..{e}" for s, e in result.second_requests) or "nothing"
+        cells = [
+            getattr((result.first if run == "first" else result.second)[pid], field_)
+            for pid, run in columns
+        ]
+        print(f"{label:30}" + "".join(f"{c:>12}" for c in cells))
     print(
-        f"\nthe second run asked Amplitude only for {windows} (the newest hour held and "
-        f"the {DEFAULT_LOOKBACK_HOURS}-hour lookback) "
-        f"and added {second.objects - first.objects} objects and {second.rows - first.rows} rows."
+        f"\nevents, both projects: {result.all_rows} rows, {result.all_uuids} distinct uuids "
+        "(one row per uuid across projects; the app column tells them apart)"
     )
+    for pid, asked in result.second_requests.items():
+        windows = ", ".join(f"{s}..{e}" for s, e in asked) or "nothing"
+        added_objects = result.second[pid].objects - result.first[pid].objects
+        added_rows = result.second[pid].rows - result.first[pid].rows
+        print(
+            f"the second run asked Amplitude for {names[pid]} only {windows} (its own newest "
+            f"hour held and the {DEFAULT_LOOKBACK_HOURS}-hour lookback) and added "
+            f"{added_objects} objects and {added_rows} rows."
+        )
     print(f"demo finished in {time.monotonic() - started:.1f} s; every server stopped.")
 
 

@@ -25,15 +25,17 @@ FROM TABLE(INFORMATION_SCHEMA.COPY_HISTORY(
 WHERE status <> 'Loaded'
 ORDER BY last_load_time DESC;
 
--- Events per export hour (the hour of server_upload_time, UTC), newest first.
+-- Events per Amplitude project (the app column holds its id) and export hour (the hour of
+-- server_upload_time, UTC), newest first.
 -- name: rows_per_hour
 SELECT
+  app AS project_id,
   DATE_TRUNC('hour', server_upload_time) AS hour,
   COUNT(*) AS events,
   COUNT(DISTINCT source_file) AS files
 FROM events
-GROUP BY 1
-ORDER BY 1 DESC;
+GROUP BY 1, 2
+ORDER BY 2 DESC, 1;
 
 -- Must be empty: a uuid that appears more than once in events.
 -- name: duplicate_uuids

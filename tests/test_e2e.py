@@ -1,5 +1,6 @@
 """The whole chain, as `make demo` runs it: real extract.py and load.py --copy subprocesses
-against the local stand-ins (Amplitude, moto's S3/KMS server, fakesnow's server)."""
+against the local stand-ins (two Amplitude projects, moto's S3/KMS server, fakesnow's
+server)."""
 
 from __future__ import annotations
 
@@ -13,19 +14,22 @@ from pipeline.hours import parse_hour
 def test_every_event_lands_once_and_a_rerun_adds_nothing(capsys):
     result = run_demo(events_per_hour=5, shards=2)
     out = capsys.readouterr().out
-    first, second = result.first, result.second
-    # events served = events in json_data/ = rows in the table, with no duplicate uuid
-    assert first.served > 0
-    assert first.local == first.served
-    assert first.rows == first.served
-    assert first.distinct_uuids == first.rows
-    # every local file is one object in S3, each one SSE-KMS encrypted
-    assert first.objects == result.files
-    assert first.encrypted == first.objects
-    # the incremental rerun asks only for the newest hour held and the lookback, adds nothing
-    assert len(result.second_requests) == 1
-    start, end = (parse_hour(h, as_end=False) for h in result.second_requests[0])
-    assert end - start == timedelta(hours=DEFAULT_LOOKBACK_HOURS)
-    assert second == first
-    assert "files written:     0" in out.split("second run")[1]
+    assert len(result.first) == 2  # two projects, one EU and one US, one bucket and folder
+    for pid, first in result.first.items():
+        second = result.second[pid]
+        # events served = events in json_data/ = rows in the table, with no duplicate uuid
+        assert first.served > 0
+        assert first.local == first.served
+        assert first.rows == first.served
+        assert first.distinct_uuids == first.rows
+        # every local file is one object in S3, each one SSE-KMS encrypted
+        assert first.objects == result.files[pid]
+        assert first.encrypted == first.objects
+        # the rerun asks only for its own newest hour held and the lookback, adds nothing
+        assert len(result.second_requests[pid]) == 1
+        start, end = (parse_hour(h, as_end=False) for h in result.second_requests[pid][0])
+        assert end - start == timedelta(hours=DEFAULT_LOOKBACK_HOURS)
+        assert second == first
+    assert result.all_rows == result.all_uuids == sum(c.served for c in result.first.values())
+    assert out.split("second run")[1].count("files written:     0") == 2
     assert result.ok

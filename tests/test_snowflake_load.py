@@ -178,6 +178,27 @@ def all_uuids(members_) -> list[str]:
     return [e["uuid"] for _, events in members_ for e in events]
 
 
+def test_two_projects_share_events_and_rows_per_hour_tells_them_apart(stack, snowflake_server):
+    """One events table for every project: one row per uuid; 06 counts per project and hour."""
+    eu = sample_events.export_members(
+        111111, datetime(2026, 11, 20, 4, tzinfo=UTC), datetime(2026, 11, 20, 5, tzinfo=UTC), 3, 1
+    )
+    us = sample_events.export_members(
+        222222, datetime(2026, 11, 20, 5, tzinfo=UTC), datetime(2026, 11, 20, 5, tzinfo=UTC), 4, 2
+    )
+    stack.upload(eu)
+    stack.upload(us, gzip_objects=True)
+    for worksheet in ("01", "03", "04", "05"):
+        stack.run(worksheet)
+    assert sorted(stack.uuids()) == sorted(all_uuids(eu) + all_uuids(us))
+    rows = stack.run("06")["rows_per_hour"]
+    assert sorted((r[0], r[1].hour, r[2], r[3]) for r in rows) == [
+        (111111, 4, 3, 1),
+        (111111, 5, 3, 1),
+        (222222, 5, 4, 2),
+    ]
+
+
 def test_worksheets_load_every_event_once_and_rerun_and_reupload_add_nothing(
     stack, snowflake_server
 ):
@@ -206,7 +227,7 @@ def test_worksheets_load_every_event_once_and_rerun_and_reupload_add_nothing(
 
     checks = stack.run("06")
     assert checks["duplicate_uuids"] == [] and checks["raw_not_in_events"] == []
-    assert sum(r[1] for r in checks["rows_per_hour"]) == len(expected)
+    assert sum(r[2] for r in checks["rows_per_hour"]) == len(expected)
 
     second = stack.run("05")
     assert second["copy_raw"] == [("Copy executed with 0 files processed.",)]
