@@ -64,7 +64,10 @@ EQUIVALENT: dict[str, str] = {
         "not descend into the stage's folders: each file is COPYed (FILES = (...)) into a "
         "one-column VARIANT table, then inserted with its key; a failing file is reported "
         "LOAD_FAILED and the others still load. Its landing table is shared, so sessions run "
-        "it one at a time"
+        "it one at a time. fakesnow's load history knows a file by its name alone, where "
+        "Snowflake's knows it by name and checksum (a file re-uploaded with other bytes loads "
+        "again): the equivalent keeps each loaded file's ETag and forces the COPY of a file "
+        "whose ETag changed"
     ),
 }
 
@@ -194,17 +197,24 @@ def _copy_raw_per_file(cursor: FakeSnowflakeCursor, execute: Any, command: str, 
         "AND upper(table_schema) = ? AND upper(table_name) = ?",
         (db, schema, landing.upper()),
     ).fetchone()
+    etags = f"{landing}_etags"  # what each loaded file's bytes were (Snowflake's checksum)
     if not exists:
         execute(cursor, f"CREATE TABLE {landing} ({m['raw']} VARIANT)")
+        execute(cursor, f"CREATE TABLE IF NOT EXISTS {etags} (file VARCHAR, etag VARCHAR)")
     results: list[tuple] = []
+    fs.invalidate_cache()
     for path in sorted(fs.find(location)):
         relative = path[len(location) :]
         key = path[len(bucket) + 1 :]  # METADATA$FILENAME of an S3 stage: the object's key
+        etag = str(fs.info(path).get("ETag", ""))
+        loaded = execute(cursor, f"SELECT etag FROM {etags} WHERE file = '{_quote(key)}'")
+        before = loaded.fetchall()
+        force = " FORCE = TRUE" if before and before[0][0] != etag else ""
         try:
             execute(
                 cursor,
                 f"COPY INTO {landing} FROM @{m['stage']} FILES = ('{_quote(relative)}') "
-                f"FILE_FORMAT = (FORMAT_NAME = '{m['format']}')",
+                f"FILE_FORMAT = (FORMAT_NAME = '{m['format']}'){force}",
             )
             result = cursor.fetchall()[0]
         except (snowflake.connector.errors.ProgrammingError, duckdb.Error) as exc:
@@ -221,6 +231,8 @@ def _copy_raw_per_file(cursor: FakeSnowflakeCursor, execute: Any, command: str, 
             f"SELECT {m['raw']}, '{_quote(key)}' FROM {landing}",
         )
         execute(cursor, f"DELETE FROM {landing}")
+        execute(cursor, f"DELETE FROM {etags} WHERE file = '{_quote(key)}'")
+        execute(cursor, f"INSERT INTO {etags} VALUES ('{_quote(key)}', '{_quote(etag)}')")
         results.append(tuple(result[:7]))
     if not results:
         return execute(cursor, "SELECT 'Copy executed with 0 files processed.' AS status")
