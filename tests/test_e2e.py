@@ -12,7 +12,7 @@ from pipeline.hours import parse_hour
 
 
 def test_every_event_lands_once_and_a_rerun_adds_nothing(capsys):
-    result = run_demo(events_per_hour=5, shards=2)
+    result = run_demo(events_per_hour=3, shards=1)
     out = capsys.readouterr().out
     assert len(result.first) == 2  # two projects, one EU and one US, one bucket and folder
     for pid, first in result.first.items():

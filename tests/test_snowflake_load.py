@@ -479,7 +479,7 @@ def test_late_data_ends_in_events_once_per_uuid(stack, monkeypatch, tmp_path, gz
 
     day = datetime(2026, 11, 28, tzinfo=UTC)
     service = ExportService(
-        project_id=123456, first=day, last=day.replace(hour=23), events_per_hour=24, shards=3
+        project_id=123456, first=day, last=day.replace(hour=14), events_per_hour=6, shards=3
     )
     service.late_data = True
     kms = boto3.client(
