@@ -15,6 +15,8 @@ from pipeline.settings import Settings
 
 REGION = "us-east-1"
 BUCKET = "acme-amplitude"
+API_KEY = "amp-api-key-0123456789abcdef"  # a made-up Amplitude key pair
+SECRET = "amp-secret-key-fedcba9876543210"
 
 
 @pytest.fixture(autouse=True)
@@ -77,6 +79,15 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "json_data"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> pytest.MonkeyPatch:
+    """extract.py's settings: the key pair and the data folder (test_load has its own)."""
+    monkeypatch.setenv("AMPLITUDE_API_KEY", API_KEY)
+    monkeypatch.setenv("AMPLITUDE_SECRET_KEY", SECRET)
+    monkeypatch.setenv("JSON_DATA_DIR", str(data_dir))
+    return monkeypatch
 
 
 def make_settings(**values: str) -> Settings:

@@ -20,12 +20,10 @@ import extract
 from local_stack.amplitude_server import ExportService, running
 from pipeline import sample_events
 from pipeline.cli import run
-from tests.conftest import BUCKET
+from tests.conftest import API_KEY, BUCKET, SECRET
 
 US = "https://amplitude.com/api/2/export"
 EU = "https://analytics.eu.amplitude.com/api/2/export"
-API_KEY = "amp-api-key-0123456789abcdef"
-SECRET = "amp-secret-key-fedcba9876543210"
 NOW = datetime(2026, 11, 28, 10, 30, tzinfo=UTC)
 PID = 123456
 
@@ -45,14 +43,6 @@ def zip_bytes(members) -> bytes:
 def export_for(start: str, end: str, **kw) -> tuple[bytes, list]:
     members = sample_events.export_members(PID, hour(start), hour(end), **kw)
     return zip_bytes(members), members
-
-
-@pytest.fixture
-def env(monkeypatch, data_dir):
-    monkeypatch.setenv("AMPLITUDE_API_KEY", API_KEY)
-    monkeypatch.setenv("AMPLITUDE_SECRET_KEY", SECRET)
-    monkeypatch.setenv("JSON_DATA_DIR", str(data_dir))
-    return monkeypatch
 
 
 @pytest.fixture

@@ -23,9 +23,7 @@ from pipeline.settings import load_settings
 
 from .conftest import BUCKET
 from .test_extract import (
-    API_KEY,
     PID,
-    SECRET,
     US,
     error_line,
     export_for,
@@ -35,14 +33,6 @@ from .test_extract import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def env(monkeypatch, data_dir):
-    monkeypatch.setenv("AMPLITUDE_API_KEY", API_KEY)
-    monkeypatch.setenv("AMPLITUDE_SECRET_KEY", SECRET)
-    monkeypatch.setenv("JSON_DATA_DIR", str(data_dir))
-    return monkeypatch
 
 
 # --- 3. one run at a time ---------------------------------------------------------------------
