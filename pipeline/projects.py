@@ -173,9 +173,12 @@ class KeyRegistry:
         return project
 
     def remember(self, fp: str, project: str, published: bool = False) -> None:
+        """Record the key pair's project (unchanged if known: a published one stays so)."""
         entries = self._read()
-        if entries.get(fp) == {"project": project, "published": published}:
-            return
+        current = entries.get(fp)
+        if current is not None and current["project"] == project:
+            if current.get("published") or not published:
+                return
         entries[fp] = {"project": project, "published": published}
         self._write(entries)
 

@@ -232,3 +232,17 @@ def test_an_unknown_project_name_is_a_usage_error(listed, capsys):
     assert run(extract.main, ["--project", "staging", "--dry-run"]) == 2
     line = error_line(capsys.readouterr().err)
     assert line == "error: --project 'staging' is not configured (projects: eu_app, us_app)"
+
+
+def test_the_key_map_is_published_once(monkeypatch, shared, services, urls, s3):
+    """Which project a key pair exports goes to S3 once, as a fingerprint, never the key."""
+    monkeypatch.setenv("AMPLITUDE_PROJECT_ID", str(EU))
+    assert cron_line(monkeypatch, urls, EU, at(10), "--days", "0") == 0
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="amplitude-manifests/keys/")["Contents"]
+    assert len(listed) == 1
+    body = s3.get_object(Bucket=BUCKET, Key=listed[0]["Key"])["Body"].read().decode()
+    assert body == f'{{"project": "{EU}"}}'
+    assert KEYS[EU][0] not in listed[0]["Key"] + body
+    assert cron_line(monkeypatch, urls, EU, at(11)) == 0
+    again = s3.list_objects_v2(Bucket=BUCKET, Prefix="amplitude-manifests/keys/")["Contents"]
+    assert again[0]["LastModified"] == listed[0]["LastModified"]  # not put again at 11:15
