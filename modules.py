@@ -28,7 +28,7 @@ try:
 except ImportError:  # pragma: no cover - isal is in requirements.txt; zlib does the same job
     INFLATER = zlib
 
-from pipeline.durable import fsync_dir, fsync_file, make_dirs
+from pipeline.durable import BackgroundSync, fsync_dir, make_dirs
 from pipeline.layout import ExportFile, local_path, parse_member
 
 log = logging.getLogger("pipeline.modules")
@@ -105,7 +105,7 @@ def unpack_archive(archive: Path, staging: Path, chunk: int = CHUNK) -> list[Sta
     staged: list[StagedFile] = []
     seen: dict[ExportFile, str] = {}
     try:
-        with zipfile.ZipFile(archive) as zf:
+        with zipfile.ZipFile(archive) as zf, BackgroundSync() as syncer:
             for info in zf.infolist():
                 if info.is_dir():
                     continue
@@ -127,8 +127,9 @@ def unpack_archive(archive: Path, staging: Path, chunk: int = CHUNK) -> list[Sta
                         size, events, crc = gunzip_stream(src, dst, chunk)
                     except CorruptExport as exc:
                         raise CorruptExport(f"{info.filename}: {exc}") from exc
-                    fsync_file(dst)
+                syncer.submit(target)  # on the disk by the end, overlapped with the next
                 staged.append(StagedFile(found, target, size, events, f"{crc:08x}"))
+            syncer.wait()
     except zipfile.BadZipFile as exc:  # also raised for a member's bad CRC-32
         raise CorruptExport(f"zip archive is corrupt ({exc})") from exc
     except EOFError as exc:

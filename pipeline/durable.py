@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.layout import TEMP_PREFIX
@@ -27,6 +28,44 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a closed file's data (through a new read-only descriptor)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BackgroundSync:
+    """fsync files on two threads while the caller goes on writing the next ones.
+
+    An fsync waits on the disk, not the CPU: overlapped with the next file's decompression,
+    it costs about nothing instead of doubling the unpack time. `wait()` returns once every
+    file submitted is on the disk, and raises the first failure.
+    """
+
+    def __init__(self, workers: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(workers, "fsync")
+        self._pending: list[Future] = []
+
+    def submit(self, path: Path) -> None:
+        self._pending.append(self._pool.submit(fsync_path, path))
+
+    def wait(self) -> None:
+        try:
+            for future in self._pending:
+                future.result()
+        finally:
+            self._pending.clear()
+
+    def __enter__(self) -> BackgroundSync:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def make_dirs(path: Path, root: Path) -> None:
