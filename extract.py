@@ -24,7 +24,10 @@ from pipeline.errors import PipelineError, UsageError
 from pipeline.export_api import make_session
 from pipeline.extraction import (
     DEFAULT_LOOKBACK_HOURS,
+    DEFAULT_PARALLEL,
+    MAX_PARALLEL,
     Extractor,
+    check_parallel,
     dry_run_lines,
     newest_held_hour,
     plan_windows,
@@ -55,6 +58,12 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument(
         "--window-hours", type=int, default=24, help="hours per export request (default 24)"
     )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        help=f"windows downloaded at once, 1 to {MAX_PARALLEL} (default {DEFAULT_PARALLEL})",
+    )
     parser.add_argument("--project", help="only this project of AMPLITUDE_PROJECTS")
     parser.add_argument("--dry-run", action="store_true", help="print the requests and stop")
     parser.add_argument(
@@ -79,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = load_settings()
     configure_logging(settings.log_level, settings.secrets())
+    check_parallel(args.parallel)
     sources = select(configured(settings), args.project)
     if not args.dry_run:
         for source in sources:  # a missing key is a settings error, before anything runs
@@ -184,6 +194,7 @@ def extract(args, shared: Shared, source: Source, start, end) -> int:
         remote=shared.remote,
         local=shared.local,
         on_project=learned,
+        parallel=args.parallel,
     )
     summary = extractor.run(plan.windows)
     print("\n".join(summary.lines()))

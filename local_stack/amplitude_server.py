@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import shutil
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +53,18 @@ class ExportService:
     # plus the hour itself. `clock` is the stand-in's own time (its Date header too).
     late_data: bool = False
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # Under load, as the real one behaves: seconds before the first byte (a fixed part and
+    # one that grows with the archive's size), a bandwidth cap per connection, and 429 with
+    # Retry-After above a number of requests at once.
+    ttfb: float = 0.0
+    ttfb_per_mb: float = 0.0
+    bandwidth: float | None = None  # bytes per second per connection
+    max_concurrent: int | None = None
+    delay_for: Callable[[str, str], float] = field(default=lambda start, end: 0.0)
+    in_flight: int = 0
+    most_in_flight: int = 0
+    throttled: int = 0
+    answered: list[tuple[str, str, float]] = field(default_factory=list)  # (start, end, when)
     requests: list[tuple[str, str]] = field(default_factory=list)
     events_served: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -81,6 +93,11 @@ class ExportService:
     def expected_auth(self) -> str:
         token = base64.b64encode(f"{self.api_key}:{self.secret_key}".encode()).decode()
         return f"Basic {token}"
+
+
+def _pause(seconds: float) -> None:
+    if seconds > 0:  # no call at all otherwise: tests record time.sleep's calls
+        time.sleep(seconds)
 
 
 def exportable_at(member: str, event: dict) -> datetime:
@@ -116,6 +133,25 @@ class _Handler(BaseHTTPRequestHandler):
         with service.lock:
             service.requests.append((query["start"][0], query["end"][0]))
             scripted = service.scripted.popleft() if service.scripted else None
+            busy = (
+                service.max_concurrent is not None and service.in_flight >= service.max_concurrent
+            )
+            if busy:
+                service.throttled += 1
+            else:
+                service.in_flight += 1
+                service.most_in_flight = max(service.most_in_flight, service.in_flight)
+        if busy:
+            return self._answer(429, b"Too many concurrent requests", {"Retry-After": "1"})
+        try:
+            self._serve(service, query, scripted, start, end)
+        finally:
+            with service.lock:
+                service.in_flight -= 1
+                service.answered.append((query["start"][0], query["end"][0], time.monotonic()))
+
+    def _serve(self, service: ExportService, query, scripted, start, end) -> None:
+        _pause(service.delay_for(query["start"][0], query["end"][0]))
         if scripted is not None:
             status, headers, body = scripted
             return self._answer(status, body, headers)
@@ -123,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
         if hours > service.max_hours:
             return self._answer(400, b"Raw data files were too large")
         if service.fixed_archive is not None:
-            return self._send_file(service.fixed_archive)
+            return self._send_file(service.fixed_archive, service)
         members = service.members(start, end)
         if not members:
             return self._answer(404, b"")
@@ -131,15 +167,26 @@ class _Handler(BaseHTTPRequestHandler):
             archive = sample_events.export_zip(Path(tmp) / "export.zip", members)
             with service.lock:
                 service.events_served += sum(len(events) for _, events in members)
-            self._send_file(archive)
+            self._send_file(archive, service)
 
-    def _send_file(self, path: Path) -> None:
+    def _send_file(self, path: Path, service: ExportService) -> None:
+        size = path.stat().st_size
+        _pause(service.ttfb + service.ttfb_per_mb * size / 1e6)
         self.send_response(200)
         self.send_header("Content-Type", "application/zip")
-        self.send_header("Content-Length", str(path.stat().st_size))
+        self.send_header("Content-Length", str(size))
         self.end_headers()
+        block = 1 << 16 if service.bandwidth else 1 << 20
+        started = time.monotonic()
+        sent = 0
         with open(path, "rb") as src:
-            shutil.copyfileobj(src, self.wfile, 1 << 20)
+            while chunk := src.read(block):
+                self.wfile.write(chunk)
+                sent += len(chunk)
+                if service.bandwidth:  # hold the pace: `sent` bytes take sent / bandwidth s
+                    ahead = sent / service.bandwidth - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
 
     def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

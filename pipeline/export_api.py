@@ -43,6 +43,7 @@ class Download:
     size: int = 0
     server_time: datetime | None = None  # the response's Date header
     message: str = ""  # Amplitude's words with a too-large answer
+    throttled: bool = False  # Amplitude answered 429 at least once before this answer
 
 
 # A 400 is Amplitude's "over 4 GB, ask for less" unless its body plainly says something else:
@@ -68,6 +69,13 @@ def is_too_large(status: int, body: bytes, content_type: str) -> bool:
         return True
     is_html = "html" in content_type.lower() or text.lstrip().startswith("<")
     return not (is_html or _SAYS_BAD_PARAMETER.search(text))
+
+
+def was_throttled(response: requests.Response) -> bool:
+    """True if urllib3 retried this request after a 429 (its retry history says so)."""
+    retries = getattr(response.raw, "retries", None)
+    history = getattr(retries, "history", None) or ()
+    return any(getattr(h, "status", None) == 429 for h in history)
 
 
 def server_time(response: requests.Response) -> datetime | None:
@@ -125,8 +133,9 @@ def download(
         ) as response:
             status = response.status_code
             when = server_time(response)
+            throttled = was_throttled(response)
             if status == 404:
-                return Download(Outcome.NO_DATA, 0, when)
+                return Download(Outcome.NO_DATA, 0, when, throttled=throttled)
             if status in TOO_LARGE_STATUSES:
                 body = next(response.iter_content(64 * 1024), b"")
                 said = body_excerpt(body)
@@ -137,7 +146,7 @@ def download(
                         "AMPLITUDE_REGION (this is not the 4 GB limit)"
                     )
                 log.info("window %s: HTTP %d, too large for one request (%s)", window, status, said)
-                return Download(Outcome.TOO_LARGE, 0, when, said)
+                return Download(Outcome.TOO_LARGE, 0, when, said, throttled)
             if status in AUTH_STATUSES:
                 raise PipelineError(
                     f"Amplitude refused the key pair (HTTP {status}) at {host}: check "
@@ -160,7 +169,7 @@ def download(
                 raise PipelineError(
                     f"window {window}: download cut short ({written} of {expected} bytes); rerun"
                 )
-            return Download(Outcome.DATA, written, when)
+            return Download(Outcome.DATA, written, when, throttled=throttled)
     except requests.exceptions.RetryError as exc:
         raise PipelineError(
             f"Amplitude kept failing for window {window}: {exc}; rerun later"

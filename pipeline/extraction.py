@@ -3,13 +3,17 @@ and record every fetch in the manifest (pipeline.manifest)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +24,7 @@ from tqdm import tqdm
 import modules
 from pipeline import s3 as s3mod
 from pipeline.errors import PipelineError, UsageError
-from pipeline.export_api import Download, Outcome, download, request_url
+from pipeline.export_api import Download, Outcome, download, make_session, request_url
 from pipeline.hours import HOUR, Window, default_end, default_start, format_hour, split_windows
 from pipeline.layout import TEMP_PREFIX, local_path, remove_stale_temp, s3_key, scan_local
 from pipeline.manifest import (
@@ -38,6 +42,10 @@ log = logging.getLogger("pipeline.extract")
 
 STAGING_PREFIX = f"{TEMP_PREFIX}extract-"
 DEFAULT_LOOKBACK_HOURS = 2
+# Windows downloaded at once. Amplitude documents 5 concurrent requests across its REST
+# endpoints (not whether Export shares them): 3 stays below, and a 429 lowers it for the run.
+DEFAULT_PARALLEL = 3
+MAX_PARALLEL = 4
 # Amplitude's Date header more than this far behind the local clock earns a warning.
 CLOCK_SKEW_WARNING = timedelta(minutes=10)
 
@@ -104,6 +112,15 @@ def newest_held_hour(
     if history is not None and (newest := history.newest_with_data()) is not None:
         hours.append(newest)
     return max(hours, default=None)
+
+
+def check_parallel(parallel: int) -> int:
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise UsageError(
+            f"--parallel must be 1 to {MAX_PARALLEL}: Amplitude accepts only a few "
+            "requests at once"
+        )
+    return parallel
 
 
 def windows_over(hours: Iterable[datetime], window_hours: int) -> list[Window]:
@@ -182,10 +199,32 @@ def clean_stale_staging(data_dir: Path) -> None:
 
 
 @dataclass
-class Extractor:
-    """Runs a plan: windows in time order, each all-or-nothing, each recorded."""
+class Fetched:
+    """One request's answer, downloaded and unpacked in staging, waiting for its turn."""
 
-    session: requests.Session
+    window: Window
+    got: Download
+    staging: Path
+    staged: list[modules.StagedFile]
+    seconds: float
+
+
+@dataclass
+class Committed:
+    """What one window's commit wrote (for backfill.py, which uploads it next)."""
+
+    window: Window
+    written: list[modules.StagedFile]
+    events: int
+    size: int
+
+
+@dataclass
+class Extractor:
+    """Runs a plan: up to `parallel` windows download at once; each commits in time order,
+    all-or-nothing, and is recorded in the manifest."""
+
+    session: requests.Session | None
     base_url: str
     auth: tuple[str, str]
     data_dir: Path
@@ -199,6 +238,7 @@ class Extractor:
     local: LocalManifests | None = None
     on_project: Callable[[str], None] = lambda pid: None  # a project id learned from data
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    parallel: int = 1
     summary: Summary = field(default_factory=Summary)
     show_progress: bool = field(default_factory=lambda: sys.stderr.isatty())
 
@@ -206,59 +246,140 @@ class Extractor:
         if self.local is None:
             self.local = LocalManifests(self.data_dir)
         self.summary.gap_check = self.bucket is not None
+        self.limit = max(1, self.parallel)  # lowered for the rest of the run by a 429
+        self._sessions = threading.local()
+        self._cancel = threading.Event()
 
-    def run(self, windows: list[Window]) -> Summary:
+    def run(
+        self,
+        windows: list[Window],
+        may_start: Callable[[], bool] = lambda: True,
+        committed: Callable[[Committed], None] = lambda c: None,
+    ) -> Summary:
+        """Fetch every window, committing in time order.
+
+        `may_start()` is asked before each new download beyond the first in flight (backfill's
+        disk budget); `committed(c)` is called after each window is in json_data/.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_staging(self.data_dir)
-        for window in windows:
-            self.window(window)
+        todo = deque(windows)
+        in_flight: deque[tuple[Window, Future]] = deque()
+        pool = ThreadPoolExecutor(self.limit, "window")
+        bar = tqdm(
+            total=len(windows), unit="window", disable=not self.show_progress, file=sys.stderr
+        )
+        try:
+            while todo or in_flight:
+                while todo and len(in_flight) < self.limit and (not in_flight or may_start()):
+                    window = todo.popleft()
+                    in_flight.append((window, pool.submit(self._fetch_all, window)))
+                window, future = in_flight.popleft()
+                for fetched in future.result():  # in time order; a failure stops here
+                    committed(self._commit(fetched))
+                bar.update(1)
+                bar.set_postfix_str(
+                    f"{self.summary.events} events, {self.summary.bytes_downloaded / 1e6:.0f} MB",
+                    refresh=False,
+                )
+        except BaseException:
+            self._cancel.set()  # running downloads stop at their next block
+            for _, future in in_flight:
+                future.cancel()
+            for _, future in in_flight:
+                if not future.cancelled():
+                    with contextlib.suppress(BaseException):
+                        for fetched in future.result():
+                            shutil.rmtree(fetched.staging, ignore_errors=True)
+            raise
+        finally:
+            bar.close()
+            pool.shutdown(wait=True, cancel_futures=True)
         return self.summary
 
-    def window(self, window: Window) -> None:
-        """Fetch one window; on a too-large answer fetch its halves instead."""
+    def _session(self) -> requests.Session:
+        if self.session is not None and self.limit == 1 and self.parallel == 1:
+            return self.session
+        session = getattr(self._sessions, "session", None)
+        if session is None:
+            session = self._sessions.session = make_session()
+        return session
+
+    def _fetch_all(self, window: Window) -> list[Fetched]:
+        """Download and unpack one window (its halves, in order, if it is too large)."""
         staging = Path(
             tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.data_dir)
         )
         try:
-            got = self._fetch(window, staging)
-        finally:
+            fetched = self._fetch(window, staging)
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
-        if got.outcome is Outcome.TOO_LARGE:
-            if window.hours == 1:
-                said = f" (Amplitude said: {got.message!r})" if got.message else ""
-                raise PipelineError(
-                    f"hour {format_hour(window.start)} alone is over Amplitude's 4 GB export "
-                    f"limit{said}: export it with Amplitude's Amazon S3 export destination instead"
-                )
+            raise
+        if fetched.got.outcome is not Outcome.TOO_LARGE:
+            return [fetched]
+        shutil.rmtree(staging, ignore_errors=True)
+        if window.hours == 1:
+            said = f" (Amplitude said: {fetched.got.message!r})" if fetched.got.message else ""
+            raise PipelineError(
+                f"hour {format_hour(window.start)} alone is over Amplitude's 4 GB export "
+                f"limit{said}: export it with Amplitude's Amazon S3 export destination instead"
+            )
+        results: list[Fetched] = []
+        try:
             for half in window.halves():
-                self.window(half)
+                results += self._fetch_all(half)
+        except BaseException:
+            for done in results:
+                shutil.rmtree(done.staging, ignore_errors=True)
+            raise
+        return results
 
-    def _fetch(self, window: Window, staging: Path) -> Download:
+    def _fetch(self, window: Window, staging: Path) -> Fetched:
+        """In a worker thread: the request, streamed to disk, then unpacked and checked."""
         archive = staging / "export.zip"
-        self.summary.windows_requested += 1
         started = time.monotonic()
-        with tqdm(
-            desc=str(window), unit="B", unit_scale=True, disable=not self.show_progress
-        ) as bar:
-            got = download(self.session, self.base_url, self.auth, window, archive, bar.update)
+
+        def progress(n: int) -> None:
+            if self._cancel.is_set():
+                raise PipelineError(f"window {window}: cancelled")
+
+        got = download(self._session(), self.base_url, self.auth, window, archive, progress)
+        staged: list[modules.StagedFile] = []
+        if got.outcome is Outcome.DATA:
+            try:
+                staged = modules.unpack_archive(archive, staging)
+            except modules.CorruptExport as exc:
+                raise PipelineError(
+                    f"window {window}: the download is corrupt ({exc}); nothing of it was "
+                    "kept, rerun to fetch it again"
+                ) from exc
+            archive.unlink()
+        return Fetched(window, got, staging, staged, time.monotonic() - started)
+
+    def _commit(self, fetched: Fetched) -> Committed:
+        """In time order: check, gap fill, rename into place, record; then drop the staging."""
+        try:
+            return self._commit_staged(fetched)
+        finally:
+            shutil.rmtree(fetched.staging, ignore_errors=True)
+
+    def _commit_staged(self, fetched: Fetched) -> Committed:
+        window, got, staged = fetched.window, fetched.got, fetched.staged
+        self.summary.windows_requested += 1
+        if got.throttled and self.limit > 1:
+            self.limit -= 1
+            log.warning(
+                "Amplitude answered 429 (too many requests): %d window(s) at once from now on",
+                self.limit,
+            )
         fetched_at = self._fetched_at(got)
-        if got.outcome is Outcome.TOO_LARGE:
-            return got
         if got.outcome is Outcome.NO_DATA:
             self.summary.windows_empty += 1
             log.info("window %s: no data (HTTP 404)", window)
             if self.project is not None:
-                self._record(window, self.project, fetched_at, [], set())
-            return got
+                self._record(window, self.project, fetched_at, [], {})
+            return Committed(window, [], 0, 0)
         self.summary.bytes_downloaded += got.size
-        try:
-            staged = modules.unpack_archive(archive, staging)
-        except modules.CorruptExport as exc:
-            raise PipelineError(
-                f"window {window}: the download is corrupt ({exc}); nothing of it was kept, "
-                "rerun to fetch it again"
-            ) from exc
-        archive.unlink()
         project = self._project_of(window, staged)
         in_s3 = {s.file: key for s in staged if (key := self._identical_in_s3(s)) is not None}
         unchanged = {s.file for s in staged if self._unchanged_locally(s)}
@@ -274,19 +395,21 @@ class Extractor:
         self.summary.files_unchanged += sum(1 for s in skipped if s.file in unchanged)
         if project is not None:
             self._record(window, project, fetched_at, staged, in_s3)
+        events = sum(s.events for s in written)
+        size = sum(s.size for s in written)
         self.summary.files_written += len(written)
         self.summary.files_skipped += sum(1 for s in skipped if s.file not in unchanged)
-        self.summary.events += sum(s.events for s in written)
-        self.summary.bytes_written += sum(s.size for s in written)
+        self.summary.events += events
+        self.summary.bytes_written += size
         log.info(
             "window %s: %d bytes in %.1fs, %d files written, %d already in S3",
             window,
             got.size,
-            time.monotonic() - started,
+            fetched.seconds,
             len(written),
             len(skipped),
         )
-        return got
+        return Committed(window, written, events, size)
 
     def _unchanged_locally(self, staged: modules.StagedFile) -> bool:
         """json_data/ holds these bytes already, as recorded, and nothing asks to redo them."""
