@@ -61,6 +61,10 @@ class ExportService:
     bandwidth: float | None = None  # bytes per second per connection
     max_concurrent: int | None = None
     delay_for: Callable[[str, str], float] = field(default=lambda start, end: 0.0)
+    # Tests: an answer (status, headers, body) instead of the data for chosen windows.
+    answer_for: Callable[[str, str], tuple[int, dict, bytes] | None] = field(
+        default=lambda start, end: None
+    )
     in_flight: int = 0
     most_in_flight: int = 0
     throttled: int = 0
@@ -152,6 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, service: ExportService, query, scripted, start, end) -> None:
         _pause(service.delay_for(query["start"][0], query["end"][0]))
+        scripted = scripted or service.answer_for(query["start"][0], query["end"][0])
         if scripted is not None:
             status, headers, body = scripted
             return self._answer(status, body, headers)
