@@ -15,28 +15,25 @@ import logging
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pipeline import lock, s3
+from pipeline import lock
 from pipeline.cli import ArgumentParser, configure_logging, run
-from pipeline.errors import PipelineError, UsageError
-from pipeline.export_api import make_session
+from pipeline.context import Shared, connect, each_project, extractor_for, project_of
+from pipeline.errors import UsageError
 from pipeline.extraction import (
     DEFAULT_LOOKBACK_HOURS,
     DEFAULT_PARALLEL,
     MAX_PARALLEL,
-    Extractor,
     check_parallel,
     dry_run_lines,
     newest_held_hour,
     plan_windows,
 )
 from pipeline.hours import parse_hour
-from pipeline.manifest import LocalManifests, S3Manifests, history
-from pipeline.projects import KeyRegistry, Source, configured, fingerprint, select
-from pipeline.s3 import HeldObject
-from pipeline.settings import Settings, load_settings
+from pipeline.manifest import history
+from pipeline.projects import Source, configured, select
+from pipeline.settings import load_settings
 
 log = logging.getLogger("pipeline.extract")
 
@@ -72,18 +69,6 @@ def parse_args(argv: Sequence[str] | None):
     return parser.parse_args(argv)
 
 
-@dataclass
-class Shared:
-    """What every project of a run uses alike: S3, the listing, the manifests."""
-
-    settings: Settings
-    client: object | None
-    held: dict[str, HeldObject]
-    local: LocalManifests
-    remote: S3Manifests | None
-    registry: KeyRegistry
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = load_settings()
@@ -104,51 +89,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with held_lock:
         shared = connect(settings)
-        if len(sources) == 1:  # one project: its own error line, as it is
-            return extract(args, shared, sources[0], start, end)
-        failed: list[tuple[Source, PipelineError]] = []
-        for source in sources:
-            print(f"project {source.name}:")
-            try:
-                extract(args, shared, source, start, end)
-            except UsageError:
-                raise
-            except PipelineError as exc:
-                log.error("project %s failed: %s", source.name, exc)
-                failed.append((source, exc))
-        if failed:
-            raise PipelineError(
-                f"{len(failed)} of {len(sources)} projects failed ("
-                + "; ".join(f"{s.name}: {exc}" for s, exc in failed)
-                + "); the others completed. Rerun one alone with: "
-                + ", ".join(f"python extract.py --project {s.name}" for s, _ in failed)
-            )
-        return 0
-
-
-def connect(settings: Settings) -> Shared:
-    data_dir, bucket, prefix = settings.json_data_dir, settings.s3_bucket, settings.s3_prefix
-    client = s3.client(settings) if bucket else None
-    held = s3.list_held(client, bucket, prefix) if client and bucket else {}
-    if not bucket:
-        log.warning("S3_BUCKET is not set: no gap check, and S3 does not move the start")
-    return Shared(
-        settings=settings,
-        client=client,
-        held=held,
-        local=LocalManifests(data_dir),
-        remote=S3Manifests(client, bucket, prefix) if client and bucket else None,
-        registry=KeyRegistry(data_dir, client, bucket, prefix),
-    )
+        return each_project(
+            sources, lambda source: extract(args, shared, source, start, end), "python extract.py"
+        )
 
 
 def extract(args, shared: Shared, source: Source, start, end) -> int:
+    """One project: plan its windows, then fetch them (or show them, with --dry-run)."""
     settings = shared.settings
-    data_dir, prefix = settings.json_data_dir, settings.s3_prefix
-    key_print = fingerprint(source.api_key) if source.api_key else None
-    project = source.project_id or (shared.registry.lookup(key_print) if key_print else None)
+    project = project_of(shared, source)
     past = history(project, shared.local, shared.remote) if project else None
-    newest = newest_held_hour(data_dir, shared.held, project, past) if project else None
+    newest = (
+        newest_held_hour(settings.json_data_dir, shared.held, project, past) if project else None
+    )
     if project is None and start is None:
         log.info(
             "project %s: its project id is not known yet (a key pair never used before): "
@@ -165,38 +118,12 @@ def extract(args, shared: Shared, source: Source, start, end) -> int:
         lookback_hours=args.lookback_hours,
         history=past,
     )
-
     if args.dry_run or not plan.windows:  # show the plan, or that there is nothing to do
         print("\n".join(dry_run_lines(plan, source.export_url)))
         return 0
     for note in plan.notes:
         log.warning(note)
-    auth = source.auth()
-    if source.project_id and key_print:
-        shared.registry.remember(key_print, source.project_id)
-
-    def learned(pid: str) -> None:
-        log.info("project %s: this key pair exports project id %s (remembered)", source.name, pid)
-        if key_print:
-            shared.registry.remember(key_print, pid)
-
-    extractor = Extractor(
-        session=make_session(),
-        base_url=source.export_url,
-        auth=auth,
-        data_dir=data_dir,
-        prefix=prefix,
-        held=shared.held,
-        project=project,
-        explicit_project=source.project_id is not None,
-        s3=shared.client,
-        bucket=settings.s3_bucket,
-        remote=shared.remote,
-        local=shared.local,
-        on_project=learned,
-        parallel=args.parallel,
-    )
-    summary = extractor.run(plan.windows)
+    summary = extractor_for(shared, source, project, args.parallel).run(plan.windows)
     print("\n".join(summary.lines()))
     return 0
 

@@ -117,8 +117,7 @@ def newest_held_hour(
 def check_parallel(parallel: int) -> int:
     if not 1 <= parallel <= MAX_PARALLEL:
         raise UsageError(
-            f"--parallel must be 1 to {MAX_PARALLEL}: Amplitude accepts only a few "
-            "requests at once"
+            f"--parallel must be 1 to {MAX_PARALLEL}: Amplitude accepts only a few requests at once"
         )
     return parallel
 

@@ -322,7 +322,6 @@ def test_no_get_of_a_missing_manifest(pipeline_env, s3, service, monkeypatch):
         return c
 
     monkeypatch.setattr(s3mod, "client", strict)
-    monkeypatch.setattr("extract.s3.client", strict)
     monkeypatch.setattr("load.client", strict)
     cron(at(10, 15))
     cron(at(11, 15))
