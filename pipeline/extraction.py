@@ -238,6 +238,8 @@ class Extractor:
     on_project: Callable[[str], None] = lambda pid: None  # a project id learned from data
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     parallel: int = 1
+    # Held while a window commits: backfill's uploader touches the manifests and the listing.
+    guard: contextlib.AbstractContextManager = field(default_factory=threading.Lock)
     summary: Summary = field(default_factory=Summary)
     show_progress: bool = field(default_factory=lambda: sys.stderr.isatty())
 
@@ -252,13 +254,14 @@ class Extractor:
     def run(
         self,
         windows: list[Window],
-        may_start: Callable[[], bool] = lambda: True,
+        may_start: Callable[[int], bool] = lambda in_flight: True,
         committed: Callable[[Committed], None] = lambda c: None,
     ) -> Summary:
         """Fetch every window, committing in time order.
 
-        `may_start()` is asked before each new download beyond the first in flight (backfill's
-        disk budget); `committed(c)` is called after each window is in json_data/.
+        `may_start(in_flight)` is asked before each new download (backfill's disk budget; with
+        nothing in flight it may wait, but must then say yes); `committed(c)` is called after
+        each window is in json_data/.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_staging(self.data_dir)
@@ -270,12 +273,14 @@ class Extractor:
         )
         try:
             while todo or in_flight:
-                while todo and len(in_flight) < self.limit and (not in_flight or may_start()):
+                while todo and len(in_flight) < self.limit and may_start(len(in_flight)):
                     window = todo.popleft()
                     in_flight.append((window, pool.submit(self._fetch_all, window)))
                 window, future = in_flight.popleft()
                 for fetched in future.result():  # in time order; a failure stops here
-                    committed(self._commit(fetched))
+                    with self.guard:
+                        done = self._commit(fetched)
+                    committed(done)
                 bar.update(1)
                 bar.set_postfix_str(
                     f"{self.summary.events} events, {self.summary.bytes_downloaded / 1e6:.0f} MB",
