@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -37,7 +38,8 @@ import boto3
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.layout import local_path, parse_member  # noqa: E402
+from pipeline.layout import local_path, parse_member, scan_local  # noqa: E402
+from pipeline.manifest import FileRecord, HourRecord, LocalManifests  # noqa: E402
 from pipeline.sample_events import export_members, ndjson  # noqa: E402
 
 TOOLS_VENV = REPO / "bench" / ".venv-tools"
@@ -82,19 +84,30 @@ def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def make_tree(root: Path, files: int) -> int:
-    """At least `files` Amplitude-shaped hourly files (4 shards an hour); returns bytes."""
+    """At least `files` Amplitude-shaped hourly files (4 shards an hour), recorded in the
+    manifest as extract.py records them (so load.py checks each one before it leaves);
+    returns bytes."""
     shards, hours = 4, -(-files // 4)
     start = datetime(2026, 10, 1, tzinfo=UTC)
     members = export_members(
         123456, start, start + timedelta(hours=hours - 1), events_per_hour=40, shards=shards
     )
     total = 0
+    manifests = LocalManifests(root)
+    fetched_at = datetime(2026, 11, 1, tzinfo=UTC)  # long after these hours: final
     for name, events in members:
-        path = local_path(root, parse_member(name))
+        f = parse_member(name)
+        path = local_path(root, f)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = ndjson(events)
         path.write_bytes(data)
         total += len(data)
+        day = manifests.get(f.project, f.date)
+        day.hours.setdefault(f.hour, HourRecord(fetched_at))
+        day.set_file(f, FileRecord(len(data), f"{zlib.crc32(data):08x}", len(events)))
+    for project in {parse_member(name).project for name, _ in members}:
+        for date in {parse_member(name).date for name, _ in members}:
+            manifests.save(manifests.get(project, date))
     return total
 
 
@@ -156,7 +169,7 @@ def main() -> int:
         data = work / "json_data"
         data.mkdir()
         size = make_tree(data, args.files)
-        n_files = sum(1 for _ in data.rglob("*.json"))
+        n_files = len(scan_local(data))
         print(f"tree: {n_files} files, {size / 1e6:.1f} MB; moto server at {url}")
 
         def load_py(prefix: str, gzip: bool = False) -> list[str]:
@@ -172,12 +185,14 @@ def main() -> int:
             "load.py": load_py,
             "aws s3 sync": lambda prefix: (
                 [str(aws), "s3", "sync", str(data), f"s3://{BUCKET}/{prefix}/", "--sse",
-                 "aws:kms", "--sse-kms-key-id", key_id, "--only-show-errors"],
+                 "aws:kms", "--sse-kms-key-id", key_id, "--only-show-errors",
+                 "--exclude", ".*", "--exclude", "*/.*"],
                 {},
             ),
             "s5cmd": lambda prefix: (
                 [str(s5cmd), "--endpoint-url", url, "cp", "--sse", "aws:kms",
-                 "--sse-kms-key-id", key_id, f"{data}/*", f"s3://{BUCKET}/{prefix}/"],
+                 "--sse-kms-key-id", key_id, "--exclude", ".*", f"{data}/*",
+                 f"s3://{BUCKET}/{prefix}/"],
                 {},
             ),
         }  # fmt: skip

@@ -14,6 +14,7 @@ import base64
 import tempfile
 import threading
 import time
+import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +46,9 @@ class ExportService:
     empty_hours: set[datetime] = field(default_factory=set)
     max_hours: int = 24 * 365
     fixed_archive: Path | None = None  # serve this file for every window (benchmarks)
+    # Benchmarks: one day's gzipped members by (hour, shard), served for every day asked for,
+    # named for that day (so a month of data costs one day's generation).
+    template_day: dict[tuple[int, int], bytes] | None = None
     seed: int = 0
     scripted: deque = field(default_factory=deque)  # (status, headers, body) answered first
     # Late data, as Amplitude has it: an event is exportable only some time after its
@@ -97,6 +101,21 @@ class ExportService:
     def expected_auth(self) -> str:
         token = base64.b64encode(f"{self.api_key}:{self.secret_key}".encode()).decode()
         return f"Basic {token}"
+
+
+def template_zip(path: Path, service: ExportService, start: datetime, end: datetime) -> bool:
+    """The template day's members for every hour start..end, named for those hours."""
+    assert service.template_day is not None
+    written = False
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        hour = start
+        while hour <= end:
+            for (h, shard), body in sorted(service.template_day.items()):
+                if h == hour.hour:
+                    zf.writestr(sample_events.member_name(service.project_id, hour, shard), body)
+                    written = True
+            hour += timedelta(hours=1)
+    return written
 
 
 def _pause(seconds: float) -> None:
@@ -165,6 +184,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._answer(400, b"Raw data files were too large")
         if service.fixed_archive is not None:
             return self._send_file(service.fixed_archive, service)
+        if service.template_day is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                archive = Path(tmp) / "export.zip"
+                if not template_zip(archive, service, start, end):
+                    return self._answer(404, b"")
+                return self._send_file(archive, service)
         members = service.members(start, end)
         if not members:
             return self._answer(404, b"")

@@ -23,7 +23,8 @@ import backfill
 from local_stack.amplitude_server import ExportService, running
 from pipeline import backfill as backfill_module
 from pipeline.cli import run
-from pipeline.layout import parse_key, scan_local
+from pipeline.layout import parse_key, parse_member, s3_key, scan_local
+from pipeline.sample_events import ndjson
 
 from .conftest import API_KEY, BUCKET, REGION, SECRET
 
@@ -185,5 +186,9 @@ def test_kill_9_mid_backfill_then_the_same_command_finishes_the_job(server_env, 
     assert not refetched & {d.replace("-", "") for d in days_done}  # nothing complete again
     seen = held_events(s3, server_env["S3_BUCKET"])
     assert set(seen) == served_uuids(service) and max(seen.values()) == 1
+    for name, events in service.members(service.first, service.last):  # byte for byte
+        key = s3_key("amplitude", parse_member(name))
+        body = s3.get_object(Bucket=server_env["S3_BUCKET"], Key=key)["Body"].read()
+        assert body == ndjson(events), key
     assert scan_local(data_dir) == []
     assert not [p for p in data_dir.iterdir() if p.name.startswith(".tmp-")]
