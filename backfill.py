@@ -105,18 +105,15 @@ def one_project(args, shared: Shared, source: Source, start, end, kms_key, uploa
         return 0
     budget = backfill.Budget(args.max_local_gb * 1e9)
     with backfill.Uploader(shared, kms_key, budget) as uploader:
+        budget.on_commit = uploader.submit
+        budget.check = lambda: backfill.check_uploader(uploader)
         backfill.upload_leftovers(uploader)
         windows, complete = backfill.windows_to_fetch(
             shared, project, start, end, args.window_hours
         )
         extractor = extractor_for(shared, source, project, args.parallel)
         extractor.guard = uploader.lock
-
-        def may_start(in_flight: int) -> bool:
-            backfill.check_uploader(uploader)
-            return budget.may_start(in_flight)
-
-        summary = extractor.run(windows, may_start, uploader.submit)
+        summary = extractor.run(windows, budget)
     backfill.check_uploader(uploader)
     totals = uploader.totals
     uploaded += totals.uploaded

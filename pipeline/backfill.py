@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from pathlib import Path
 from pipeline import upload
 from pipeline.context import Shared
 from pipeline.errors import PipelineError
-from pipeline.extraction import Committed, windows_over
+from pipeline.extraction import Committed, Pace, windows_over
 from pipeline.hours import HOUR, Window
 from pipeline.layout import local_path, remove_stale_temp
 from pipeline.manifest import History, is_final
@@ -35,7 +35,7 @@ from pipeline.upload import LocalFile
 log = logging.getLogger("pipeline.backfill")
 
 DEFAULT_MAX_LOCAL_GB = 10.0
-ZIP_SHARE = 0.15  # a window's zip, beside its unpacked files while it is unpacked
+FIRST_RATIO = 12.0  # unpacked / zipped, until a window tells: Amplitude-shaped events ~8-12
 
 
 def hours_between(start: datetime, end: datetime) -> list[datetime]:
@@ -74,52 +74,76 @@ def windows_to_fetch(
     return windows_over(todo, window_hours), len(done)
 
 
-class Budget:
-    """Bytes of local disk the backfill may hold: files committed and not yet pruned, plus
-    what the downloads in flight will stage (estimated from the largest window so far)."""
+class Budget(Pace):
+    """The local disk a backfill may hold: files committed and not yet pruned, plus the zips
+    downloaded and waiting, plus the window being unpacked.
+
+    Downloads (zips, a tenth of their unpacked size) go on up to --parallel at once while
+    there is room for one more zip; each unpack, in time order, waits until its unpacked
+    size (estimated from the zip, by the largest ratio seen) fits, that is until the uploader
+    has pruned enough. With the uploader idle it goes ahead anyway: the backfill never stalls.
+    """
 
     def __init__(self, max_bytes: float | None) -> None:
         self.max_bytes = max_bytes
-        self.used = 0
+        self.on_commit: Callable[[Committed], None] = lambda c: None  # the uploader's submit
+        self.check: Callable[[], None] = lambda: None  # raises the uploader's failure
+        self.used = 0  # committed, not yet pruned
+        self.zips = 0  # downloaded, not yet unpacked
         self.peak = 0
-        self.largest = 0  # unpacked bytes of the largest window so far
+        self.largest_zip = 0
+        self.ratio = FIRST_RATIO  # unpacked / zip, the largest seen
+        self._measured = False
         self.pending = 0  # windows committed, not yet uploaded and pruned
         self.failed = False
         self._cond = threading.Condition()
 
-    def estimate(self) -> float:
-        return self.largest * (1 + ZIP_SHARE)
+    def _room(self, extra: float) -> bool:
+        return self.max_bytes is None or self.used + self.zips + extra <= self.max_bytes
+
+    def _wait_for_room(self, extra: float) -> None:
+        self._cond.wait_for(lambda: self.failed or self.pending == 0 or self._room(extra))
 
     def may_start(self, in_flight: int) -> bool:
-        """Room for one more download? With none in flight, wait for room (or for the
-        uploader to run dry), then start anyway: the backfill always moves on."""
-        if self.max_bytes is None:
-            return True
+        self.check()
         with self._cond:
             if in_flight == 0:
-                self._cond.wait_for(
-                    lambda: (
-                        self.failed
-                        or self.pending == 0
-                        or self.used + self.estimate() <= self.max_bytes
-                    )
-                )
-                return True
-            if self.largest == 0:
-                return False  # the first window's size is not known yet: it goes alone
-            return self.used + (in_flight + 1) * self.estimate() <= self.max_bytes
+                self._wait_for_room(self.largest_zip)
+                room = True
+            else:
+                room = self._room(self.largest_zip)
+        self.check()
+        return room
 
-    def committed(self, size: int) -> None:
+    def on_disk(self, zip_bytes: int) -> None:
         with self._cond:
-            self.used += size
-            self.peak = max(self.peak, self.used)
-            self.largest = max(self.largest, size)
-            self.pending += 1
+            self.zips += zip_bytes
+            self.largest_zip = max(self.largest_zip, zip_bytes)
+            self.peak = max(self.peak, self.used + self.zips)
+            self._cond.notify_all()
 
-    def released(self, size: int, window_done: bool = True) -> None:
+    def before_unpack(self, zip_bytes: int) -> None:
+        with self._cond:
+            estimate = zip_bytes * self.ratio
+            self._wait_for_room(estimate)
+            self.peak = max(self.peak, self.used + self.zips + estimate)
+        self.check()
+
+    def committed(self, committed: Committed) -> None:
+        with self._cond:
+            self.used += committed.size
+            self.peak = max(self.peak, self.used + self.zips)
+            if committed.zip_size:
+                ratio = committed.unpacked / committed.zip_size
+                self.ratio = max(self.ratio, ratio) if self._measured else ratio
+                self._measured = True
+            self.pending += 1
+        self.on_commit(committed)
+
+    def released(self, size: int) -> None:
         with self._cond:
             self.used -= size
-            self.pending -= 1 if window_done else 0
+            self.pending -= 1
             self._cond.notify_all()
 
     def fail(self) -> None:
@@ -161,10 +185,7 @@ class Uploader:
         self._thread.join()
 
     def submit(self, committed: Committed) -> None:
-        """From the extractor, in time order, right after a window's commit."""
-        if self.error is not None:
-            raise self.error
-        self.budget.committed(committed.size)
+        """From the budget, in time order, right after a window's commit."""
         self._queue.put(committed)
 
     def _work(self) -> None:

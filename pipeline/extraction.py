@@ -199,13 +199,35 @@ def clean_stale_staging(data_dir: Path) -> None:
 
 @dataclass
 class Fetched:
-    """One request's answer, downloaded and unpacked in staging, waiting for its turn."""
+    """One request's answer, its zip downloaded into staging, waiting for its turn."""
 
     window: Window
     got: Download
     staging: Path
-    staged: list[modules.StagedFile]
+    archive: Path | None  # the zip, with data
     seconds: float
+
+
+class Pace:
+    """How a run paces itself; backfill's disk budget overrides these. The defaults: no limit.
+
+    `may_start(in_flight, zip_bytes)` is asked before each new download; with nothing in
+    flight it may wait, but must then say yes. `before_unpack(zip_bytes)` is called in time
+    order before a downloaded window is unpacked, and may wait. `committed(c)` follows each
+    window's commit; `on_disk(zip_bytes)` counts a zip written or removed (negative).
+    """
+
+    def may_start(self, in_flight: int) -> bool:
+        return True
+
+    def on_disk(self, zip_bytes: int) -> None:
+        pass
+
+    def before_unpack(self, zip_bytes: int) -> None:
+        pass
+
+    def committed(self, committed: Committed) -> None:
+        pass
 
 
 @dataclass
@@ -215,7 +237,9 @@ class Committed:
     window: Window
     written: list[modules.StagedFile]
     events: int
-    size: int
+    size: int  # bytes written into json_data/
+    zip_size: int = 0  # the download's
+    unpacked: int = 0  # every file of the zip, written or not
 
 
 @dataclass
@@ -251,18 +275,14 @@ class Extractor:
         self._sessions = threading.local()
         self._cancel = threading.Event()
 
-    def run(
-        self,
-        windows: list[Window],
-        may_start: Callable[[int], bool] = lambda in_flight: True,
-        committed: Callable[[Committed], None] = lambda c: None,
-    ) -> Summary:
-        """Fetch every window, committing in time order.
+    def run(self, windows: list[Window], pace: Pace | None = None) -> Summary:
+        """Fetch every window: up to `limit` downloads at once; unpack and commit in time order.
 
-        `may_start(in_flight)` is asked before each new download (backfill's disk budget; with
-        nothing in flight it may wait, but must then say yes); `committed(c)` is called after
-        each window is in json_data/.
+        Workers only download (the slow part: Amplitude's time to first byte, the transfer);
+        this thread unpacks and commits each window in turn, so a later window is never
+        visible before an earlier one, and backfill's budget can wait before each unpack.
         """
+        pace = pace or Pace()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_staging(self.data_dir)
         todo = deque(windows)
@@ -273,14 +293,21 @@ class Extractor:
         )
         try:
             while todo or in_flight:
-                while todo and len(in_flight) < self.limit and may_start(len(in_flight)):
+                while todo and len(in_flight) < self.limit and pace.may_start(len(in_flight)):
                     window = todo.popleft()
-                    in_flight.append((window, pool.submit(self._fetch_all, window)))
+                    in_flight.append((window, pool.submit(self._fetch_all, window, pace)))
                 window, future = in_flight.popleft()
-                for fetched in future.result():  # in time order; a failure stops here
-                    with self.guard:
-                        done = self._commit(fetched)
-                    committed(done)
+                fetched_all = future.result()  # in time order; a failure stops here
+                for n, fetched in enumerate(fetched_all):
+                    try:
+                        staged = self._unpack(fetched, pace)
+                        with self.guard:
+                            done = self._commit(fetched, staged)
+                    except BaseException:
+                        for later in fetched_all[n:]:
+                            shutil.rmtree(later.staging, ignore_errors=True)
+                        raise
+                    pace.committed(done)
                 bar.update(1)
                 bar.set_postfix_str(
                     f"{self.summary.events} events, {self.summary.bytes_downloaded / 1e6:.0f} MB",
@@ -309,13 +336,13 @@ class Extractor:
             session = self._sessions.session = make_session()
         return session
 
-    def _fetch_all(self, window: Window) -> list[Fetched]:
-        """Download and unpack one window (its halves, in order, if it is too large)."""
+    def _fetch_all(self, window: Window, pace: Pace) -> list[Fetched]:
+        """Download one window (its halves, in order, if it is too large)."""
         staging = Path(
             tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.data_dir)
         )
         try:
-            fetched = self._fetch(window, staging)
+            fetched = self._fetch(window, staging, pace)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -331,15 +358,15 @@ class Extractor:
         results: list[Fetched] = []
         try:
             for half in window.halves():
-                results += self._fetch_all(half)
+                results += self._fetch_all(half, pace)
         except BaseException:
             for done in results:
                 shutil.rmtree(done.staging, ignore_errors=True)
             raise
         return results
 
-    def _fetch(self, window: Window, staging: Path) -> Fetched:
-        """In a worker thread: the request, streamed to disk, then unpacked and checked."""
+    def _fetch(self, window: Window, staging: Path, pace: Pace) -> Fetched:
+        """In a worker thread: the request, streamed to a zip in staging."""
         archive = staging / "export.zip"
         started = time.monotonic()
 
@@ -348,27 +375,37 @@ class Extractor:
                 raise PipelineError(f"window {window}: cancelled")
 
         got = download(self._session(), self.base_url, self.auth, window, archive, progress)
-        staged: list[modules.StagedFile] = []
-        if got.outcome is Outcome.DATA:
-            try:
-                staged = modules.unpack_archive(archive, staging)
-            except modules.CorruptExport as exc:
-                raise PipelineError(
-                    f"window {window}: the download is corrupt ({exc}); nothing of it was "
-                    "kept, rerun to fetch it again"
-                ) from exc
-            archive.unlink()
-        return Fetched(window, got, staging, staged, time.monotonic() - started)
+        if got.outcome is not Outcome.DATA:
+            return Fetched(window, got, staging, None, time.monotonic() - started)
+        pace.on_disk(got.size)
+        return Fetched(window, got, staging, archive, time.monotonic() - started)
 
-    def _commit(self, fetched: Fetched) -> Committed:
+    def _unpack(self, fetched: Fetched, pace: Pace) -> list[modules.StagedFile]:
+        """In time order: unpack and check a downloaded zip (after the pace allows it)."""
+        if fetched.archive is None:
+            return []
+        pace.before_unpack(fetched.got.size)
+        try:
+            staged = modules.unpack_archive(fetched.archive, fetched.staging)
+        except modules.CorruptExport as exc:
+            raise PipelineError(
+                f"window {fetched.window}: the download is corrupt ({exc}); nothing of it was "
+                "kept, rerun to fetch it again"
+            ) from exc
+        finally:
+            fetched.archive.unlink(missing_ok=True)
+            pace.on_disk(-fetched.got.size)
+        return staged
+
+    def _commit(self, fetched: Fetched, staged: list[modules.StagedFile]) -> Committed:
         """In time order: check, gap fill, rename into place, record; then drop the staging."""
         try:
-            return self._commit_staged(fetched)
+            return self._commit_staged(fetched, staged)
         finally:
             shutil.rmtree(fetched.staging, ignore_errors=True)
 
-    def _commit_staged(self, fetched: Fetched) -> Committed:
-        window, got, staged = fetched.window, fetched.got, fetched.staged
+    def _commit_staged(self, fetched: Fetched, staged: list[modules.StagedFile]) -> Committed:
+        window, got = fetched.window, fetched.got
         self.summary.windows_requested += 1
         if got.throttled and self.limit > 1:
             self.limit -= 1
@@ -413,7 +450,7 @@ class Extractor:
             len(written),
             len(skipped),
         )
-        return Committed(window, written, events, size)
+        return Committed(window, written, events, size, got.size, sum(s.size for s in staged))
 
     def _unchanged_locally(self, staged: modules.StagedFile) -> bool:
         """json_data/ holds these bytes already, as recorded, and nothing asks to redo them."""
