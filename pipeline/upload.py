@@ -48,6 +48,7 @@ log = logging.getLogger("pipeline.upload")
 CONCURRENCY = 16
 POOL_CONNECTIONS = CONCURRENCY + 4
 MB = 1024 * 1024
+READ_BLOCK = 256 * 1024  # per file in flight: 16 of them at once
 TRANSFER_CONFIG = TransferConfig(
     multipart_threshold=64 * MB,  # hourly files are usually smaller: one PUT each
     multipart_chunksize=16 * MB,
@@ -261,7 +262,7 @@ def checksum(path: Path) -> tuple[int, str, int]:
     size = crc = events = 0
     last = b"\n"
     with open(path, "rb") as src:
-        while chunk := src.read(MB):
+        while chunk := src.read(READ_BLOCK):
             crc = crc32(chunk, crc)
             size += len(chunk)
             events += chunk.count(b"\n")
@@ -283,7 +284,7 @@ def gzip_to_temp(src: Path, folder: Path) -> tuple[Path, int, str, int]:
             GzipFile(filename="", mode="wb", fileobj=out, compresslevel=GZIP_LEVEL, mtime=0) as gz,
             open(src, "rb") as inp,
         ):
-            while chunk := inp.read(MB):
+            while chunk := inp.read(READ_BLOCK):
                 gz.write(chunk)
                 crc = crc32(chunk, crc)
                 raw += len(chunk)
