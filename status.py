@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline import stages, status_view
 from pipeline.cli import ArgumentParser, configure_logging, run
+from pipeline.errors import PipelineError
 from pipeline.hours import parse_hour
 from pipeline.settings import load_settings
 from pipeline.status import span
@@ -52,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.html:
         status_view.write_page(report, args.html)
         print(f"wrote {args.html}")
-    return 0 if report.ok else 1
+    if not report.ok:
+        raise PipelineError(status_view.failure(report))
+    return 0
 
 
 if __name__ == "__main__":

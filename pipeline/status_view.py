@@ -88,7 +88,7 @@ def file_counts(hours: Iterable[HourStatus]) -> dict[str, int]:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("h") else "s")
 
 
 def _numbers(values: dict[str, int | None]) -> str:
@@ -104,6 +104,16 @@ def all_well(report: Report) -> str:
     if report.snowflake:
         return "every finished hour is complete and reconciled"
     return "every finished hour is complete in S3 (Snowflake not checked)"
+
+
+def failure(report: Report) -> str:
+    """status.py's `error:` line when something is not there."""
+    found = report.mismatches
+    hours = len({(m.project, m.hour) for m in found})
+    return (
+        f"{_plural(len(found), 'mismatch')} in {_plural(hours, 'finished hour')} (listed above, "
+        "each with the command that repairs it): not everything is there yet"
+    )
 
 
 def heading(report: Report) -> str:

@@ -94,10 +94,18 @@ def run_at(moment: datetime, command, *argv: str) -> int:
 
 
 def status_at(moment: datetime, capsys, *argv: str) -> tuple[int, list[str]]:
-    """Run status.py; its exit status and its stdout lines."""
+    """Run status.py; its exit status and its stdout lines (its stderr must say why)."""
     capsys.readouterr()
     code = run_at(moment, status.main, *argv)
-    return code, capsys.readouterr().out.splitlines()
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    if code == 1:
+        found = len(mismatches(lines))
+        assert err.splitlines()[-1].startswith(f"error: {found} mismatch"), err
+        assert "(listed above, each with the command that repairs it)" in err
+    else:
+        assert "error:" not in err
+    return code, lines
 
 
 def row_of(lines: list[str], day: str, project: str | None = None) -> str:
@@ -110,7 +118,7 @@ def row_of(lines: list[str], day: str, project: str | None = None) -> str:
 
 def mismatches(lines: list[str]) -> list[str]:
     start = next(i for i, line in enumerate(lines) if line.startswith("mismatches ("))
-    return [line.strip() for line in lines[start + 1 :]]
+    return [line.strip() for line in lines[start + 1 :] if line.startswith("  ")]
 
 
 # --- the scenario: a day fetched at 10:15, with --end two hours too far -------------------
