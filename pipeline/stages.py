@@ -80,8 +80,14 @@ def snowflake_configured(settings: Settings) -> bool:
     """SNOWFLAKE_ACCOUNT set: check Snowflake (and the rest of its settings must be set)."""
     if settings.get("SNOWFLAKE_ACCOUNT") is None:
         return False
+    needed_for = "status.py (to check Snowflake)"
     for name in SNOWFLAKE_NEEDED:
-        settings.require(f"SNOWFLAKE_{name}", "status.py (to check Snowflake)")
+        settings.require(f"SNOWFLAKE_{name}", needed_for)
+    if not settings.get("SNOWFLAKE_PASSWORD") and not settings.get("SNOWFLAKE_PRIVATE_KEY_FILE"):
+        raise UsageError(
+            "neither SNOWFLAKE_PASSWORD nor SNOWFLAKE_PRIVATE_KEY_FILE is set: add one to .env "
+            f"(see .env.example); {needed_for} needs it"
+        )
     return True
 
 

@@ -335,10 +335,23 @@ def test_usage_errors_exit_2(capsys, argv, message):
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
-def test_s3_bucket_is_needed(monkeypatch, data_dir, capsys):
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({}, "S3_BUCKET is not set: add it to .env (see .env.example); status.py needs it"),
+        (
+            {"S3_BUCKET": BUCKET, "SNOWFLAKE_ACCOUNT": "acme-prod"},
+            "SNOWFLAKE_USER is not set: add it to .env (see .env.example); status.py (to check "
+            "Snowflake) needs it",
+        ),
+    ],
+)
+def test_settings_errors_exit_2_before_any_request(monkeypatch, data_dir, capsys, values, message):
     monkeypatch.setenv("JSON_DATA_DIR", str(data_dir))
-    assert run(status.main, []) == 2
-    assert capsys.readouterr().err.startswith("error: S3_BUCKET is not set")
+    for var, value in values.items():
+        monkeypatch.setenv(var, value)
+    assert run(status.main, []) == 2  # no moto here: a request would fail otherwise
+    assert capsys.readouterr().err == f"error: {message}\n"
 
 
 # --- the judgement alone ----------------------------------------------------------------------
