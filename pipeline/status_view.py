@@ -41,7 +41,7 @@ COLOURS = {  # the page's heatmap
     State.MISSING: "#d23c3c",
     State.FILLING: "#c9d3de",
     State.NO_DATA: "#eceff3",
-    State.OUTSIDE: "#ffffff",
+    State.OUTSIDE: "#f7f8fa",
 }
 STAGES = (  # (label, HourFacts.total's stage)
     ("extracted", "extracted"),
@@ -162,7 +162,8 @@ def _calendar(project: Project, hours: list[HourStatus], snowflake: bool, colour
         by_hour = {h.start.hour: h for h in in_day}
         marks = [_mark(by_hour.get(n), colour) for n in range(24)]
         row = " ".join("".join(marks[i : i + 6]) for i in range(0, 24, 6))
-        yield f"  {day}  {row}  {_numbers(totals(in_day, snowflake))}"
+        judged = [h for h in in_day if h.state is not State.OUTSIDE]
+        yield f"  {day}  {row}  {_numbers(totals(judged, snowflake)) if judged else ''}".rstrip()
     yield f"  hours: {_state_counts(hours) or 'none'}"
 
 
@@ -180,7 +181,8 @@ body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #1d2330; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { padding: 2px 6px; text-align: right; }
 th { font-weight: 600; }
-.heatmap td { width: 18px; height: 18px; padding: 0; border: 2px solid #fff; }
+.heatmap td { width: 18px; height: 18px; padding: 0; border: 2px solid #fff;
+  text-align: center; font: 11px monospace; color: rgba(0, 0, 0, 0.45); }
 .heatmap td.out { background: transparent; }
 .days td, .days th, .mismatches td, .mismatches th { border-bottom: 1px solid #e3e7ee; }
 .mismatches td { text-align: left; vertical-align: top; }
@@ -257,17 +259,21 @@ def _project_html(project: Project, hours: list[HourStatus], snowflake: bool) ->
 
 
 def _cell(hour: HourStatus | None, snowflake: bool) -> str:
+    """One hour of the heatmap: its colour, its terminal mark, and its numbers on hover."""
     if hour is None:
         return '<td class="out"></td>'
-    title = f"{format_hour(hour.start)}: {hour.state.value}; Amplitude: {hour.fetch.value}; "
-    title += _numbers(file_counts([hour])) + "; events: " + _numbers(totals([hour], snowflake))
-    if snowflake:
-        title += f"; {hour.facts.raw_uuids} distinct uuids in its files"
-    if hour.mismatches:
-        title += f"; {len(hour.mismatches)} mismatches"
+    title = f"{format_hour(hour.start)}: {hour.state.value}"
+    if hour.state is not State.OUTSIDE:
+        title += f"; Amplitude: {hour.fetch.value}; {_numbers(file_counts([hour]))}; events: "
+        title += _numbers(totals([hour], snowflake))
+        if snowflake:
+            title += f"; {hour.facts.raw_uuids} distinct uuids in its files"
+        if hour.mismatches:
+            title += f"; {_plural(len(hour.mismatches), 'mismatch')}"
     return (
         f'<td class="{_css_class(hour.state)}" data-hour="{format_hour(hour.start)}" '
-        f'data-state="{hour.state.value}" title="{html.escape(title)}"></td>'
+        f'data-state="{hour.state.value}" title="{html.escape(title)}">'
+        f"{html.escape(MARKS[hour.state].strip())}</td>"
     )
 
 

@@ -112,7 +112,7 @@ def row_of(lines: list[str], day: str, project: str | None = None) -> str:
     """The calendar's marks for a day (of the first project, or this one), blanks dropped."""
     if project is not None:
         lines = lines[lines.index(f"project {project}") :]
-    line = next(line for line in lines if line.startswith(f"  {day}  "))
+    line = next(line for line in lines if line.startswith(f"  {day}"))
     return line[len(day) + 4 :][:27].replace(" ", "")
 
 
@@ -201,6 +201,7 @@ def test_html_page_holds_the_same_states(history, capsys, tmp_path):
     marks = row_of(lines, "2026-11-28")
     legend = {"#": "complete", "~": "partial", "-": "no data", ".": "not finished yet"}
     assert states == {f"20261128T{n:02d}": legend[m] for n, m in enumerate(marks)}
+    assert "".join(parsed.marks[h] for h in sorted(states)) == marks
     assert [row[:3] for row in parsed.mismatches] == [
         [str(PID), "20261128T02", name(2, 1)],
         [str(PID), "20261128T03", name(3, 0)],
@@ -215,10 +216,11 @@ class Page(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self.cells: dict[str, str] = {}
+        self.cells: dict[str, str] = {}  # hour → state
+        self.marks: dict[str, str] = {}  # hour → the terminal's mark
         self.days: dict[str, dict[str, str]] = {}
         self.mismatches: list[list[str]] = []
-        self._table = self._day = self._state = None
+        self._table = self._day = self._state = self._hour = None
         self._row: list[str] | None = None
         self._text: list[str] = []
 
@@ -234,6 +236,7 @@ class Page(HTMLParser):
             self._table = a.get("class")
         elif tag == "td" and "data-hour" in a:
             self.cells[a["data-hour"]] = a["data-state"]
+            self._hour = a["data-hour"]
         elif tag == "tr" and "data-day" in a:
             self._day = a["data-day"]
             self.days[self._day] = {}
@@ -248,7 +251,10 @@ class Page(HTMLParser):
         self._text.append(data)
 
     def handle_endtag(self, tag):
-        if tag == "td" and self._state and self._day:
+        if tag == "td" and self._hour:
+            self.marks[self._hour] = "".join(self._text) or " "
+            self._hour = None
+        elif tag == "td" and self._state and self._day:
             self.days[self._day][self._state] = "".join(self._text)
             self._state = None
         elif tag == "td" and self._row is not None:
