@@ -209,6 +209,11 @@ def test_html_page_holds_the_same_states(history, capsys, tmp_path):
     assert parsed.mismatches[0][-1] == "python load.py"
     assert parsed.days["2026-11-28"]["complete"] == "5"
     assert "http" not in page.read_text().replace('lang="en"', "")  # nothing to fetch
+    assert run_at(at(10), status.main, "--html", str(tmp_path / "no" / "page.html")) == 1
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"error: cannot write {tmp_path / 'no' / 'page.html'}: No such file or directory\n"
+    )
 
 
 class Page(HTMLParser):

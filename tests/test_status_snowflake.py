@@ -161,3 +161,26 @@ def test_reconciliation_against_snowflake(stack, capsys, tmp_path):
         f"{PID} 20261128T03",
         f"{PID} 20261128T05",
     ]
+
+
+def test_tables_not_there_yet(moto_server, snowflake_server, monkeypatch, tmp_path, capsys):
+    """Snowflake's part is one `error:` line naming the worksheets, as load.py --copy's is."""
+    stack = new_stack(moto_server, snowflake_server.settings())
+    stack.run("01")  # the database and schema, not the tables
+    for var, value in {
+        **stack.settings.values,
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": CREDENTIALS[0],
+        "AWS_SECRET_ACCESS_KEY": CREDENTIALS[1],
+        "JSON_DATA_DIR": str(tmp_path / "json_data"),
+        "AMPLITUDE_PROJECT_ID": str(PID),
+    }.items():
+        monkeypatch.setenv(var, value)
+    assert run_at(at(10), status.main) == 1
+    # (the in-process stand-ins log through status.py's handler too: read its error lines)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    # Snowflake says "Object 'RAW_EVENTS' does not exist or not authorized", which
+    # warehouse.explain_statement turns into "run worksheets 03 and 04"; fakesnow words it
+    # its own way ("Table with name RAW_EVENTS does not exist")
+    assert len(errors) == 1
+    assert errors[0].startswith("error: Snowflake status_raw_events") and "RAW_EVENTS" in errors[0]
