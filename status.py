@@ -9,7 +9,6 @@ finished hour is complete and reconciled, 1 otherwise, 2 for bad usage or settin
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -23,17 +22,21 @@ from pipeline.hours import parse_hour
 from pipeline.settings import load_settings
 from pipeline.status import span
 
-log = logging.getLogger("pipeline.status")
-
 
 def parse_args(argv: Sequence[str] | None):
     parser = ArgumentParser(prog="status.py", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--days", type=int, help="days back from the newest finished hour (default 7)"
+        "--days", type=int, metavar="N", help="days back from the newest finished hour (default 7)"
     )
-    parser.add_argument("--start", help="first hour, YYYYMMDDTHH or YYYY-MM-DD (UTC)")
-    parser.add_argument("--end", help="last hour, inclusive (default: the current hour)")
-    parser.add_argument("--project", help="only this project of AMPLITUDE_PROJECTS")
+    parser.add_argument(
+        "--start", metavar="HOUR", help="first hour, YYYYMMDDTHH or YYYY-MM-DD (UTC)"
+    )
+    parser.add_argument(
+        "--end",
+        metavar="HOUR",
+        help="last hour, inclusive (default: the current hour; unfinished ones are not checked)",
+    )
+    parser.add_argument("--project", metavar="NAME", help="only this project of AMPLITUDE_PROJECTS")
     parser.add_argument("--html", type=Path, metavar="PATH", help="also write an HTML page")
     return parser.parse_args(argv)
 
