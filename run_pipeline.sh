@@ -11,7 +11,10 @@
 #   sees it; on failure the last log lines also go to stderr (which cron mails).
 # Settings (environment): PIPELINE_LOG_DIR, PIPELINE_LOG_MAX_BYTES, PIPELINE_LOG_KEEP,
 # PIPELINE_PYTHON, PIPELINE_LOAD_ARGS (default "--copy"; "" to upload only),
-# PIPELINE_LOCK_FILE (default: JSON_DATA_DIR's .lock, as `python -m pipeline.lock` prints).
+# PIPELINE_LOCK_FILE (default: JSON_DATA_DIR's .lock, as `python -m pipeline.lock` prints),
+# PIPELINE_STATUS=1: after a successful load, also run status.py (read-only) with
+# PIPELINE_STATUS_ARGS (default none); its exit status then counts (1: a finished hour is not
+# complete and reconciled), so cron mail or a monitor sees it.
 set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")" || exit 1
 
@@ -21,6 +24,7 @@ max_bytes=${PIPELINE_LOG_MAX_BYTES:-10485760}
 keep=${PIPELINE_LOG_KEEP:-5}
 python=${PIPELINE_PYTHON:-.venv/bin/python}
 read -r -a load_args <<<"${PIPELINE_LOAD_ARGS---copy}"
+read -r -a status_args <<<"${PIPELINE_STATUS_ARGS-}"
 
 export TZ=UTC
 mkdir -p "$log_dir" || exit 1
@@ -67,6 +71,9 @@ status=0
 step extract.py || status=$?
 if [ "$status" -eq 0 ]; then
   step load.py "${load_args[@]}" || status=$?
+fi
+if [ "$status" -eq 0 ] && [ "${PIPELINE_STATUS:-}" = "1" ]; then
+  step status.py "${status_args[@]}" || status=$?
 fi
 if [ "$status" -ne 0 ]; then
   echo "failed with exit status $status" | stamp >>"$log_file"

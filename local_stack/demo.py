@@ -168,6 +168,7 @@ class DemoResult:
     files: dict[int, int]
     all_rows: int = 0  # rows in events, every project
     all_uuids: int = 0
+    status: str = ""  # status.py's calendar of what was loaded
 
     @property
     def ok(self) -> bool:
@@ -277,13 +278,17 @@ def run_demo(events_per_hour: int = 20, shards: int = 3) -> DemoResult:
         all_rows, all_uuids = (
             conn.cursor().execute("SELECT COUNT(*), COUNT(DISTINCT uuid) FROM events").fetchone()
         )
-        return DemoResult(first_run, second_run, again, files, all_rows, all_uuids)
+        calendar = step(env, "status.py", "--days", "1", "--end", end, show=0)  # exit 0 or stop
+        print("  (its calendar is shown at the end)")
+        status = f"\nstatus.py --days 1 --end {end}, on what the demo loaded:\n{calendar}"
+        return DemoResult(first_run, second_run, again, files, all_rows, all_uuids, status)
 
 
 def main() -> int:
     started = time.monotonic()
     result = run_demo()
     print_table(result, started)
+    print(result.status, end="")
     if not result.ok:
         print("error: the counts disagree", file=sys.stderr)
         return 1

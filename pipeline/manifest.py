@@ -186,6 +186,10 @@ class LocalManifests:
         for date in self.days(project):
             yield self.get(project, date)
 
+    def between(self, project: str, first: str, last: str) -> list[DayManifest]:
+        """The manifests of the days first..last (YYYY-MM-DD, both inclusive) that exist."""
+        return [self.get(project, date) for date in self.days(project) if first <= date <= last]
+
 
 class S3Manifests:
     """The published manifests under `<prefix>-manifests/` in the bucket."""
@@ -260,6 +264,28 @@ class S3Manifests:
             raise _explain(exc, "s3:ListBucket", self.bucket) from exc
         self._days[project] = sorted(found)
         return self._days[project]
+
+    def between(self, project: str, first: str, last: str) -> list[DayManifest]:
+        """The published manifests of the days first..last (YYYY-MM-DD, both inclusive): one
+        listing (days), then one GET per day it shows."""
+        found = (self.get(project, d) for d in self.days(project) if first <= d <= last)
+        return [day for day in found if day is not None]
+
+    def projects(self) -> list[str]:
+        """Every project id with a published manifest: one listing of the folders."""
+        found = []
+        try:
+            pages = self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=f"{self.root}/", Delimiter="/"
+            )
+            for page in pages:
+                for common in page.get("CommonPrefixes", []):
+                    name = common["Prefix"][len(self.root) + 1 :].rstrip("/")
+                    if name.isascii() and name.isdigit():
+                        found.append(name)
+        except (ClientError, BotoCoreError) as exc:
+            raise _explain(exc, "s3:ListBucket", self.bucket) from exc
+        return sorted(found)
 
 
 def _explain(exc: Exception, action: str, bucket: str, kms_key: str | None = None):

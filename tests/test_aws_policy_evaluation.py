@@ -197,6 +197,11 @@ SCENARIOS = [
         ALLOWED,
     ),
     Scenario(
+        "loader ListBucket of the manifests' project folders (status.py)",
+        loader("s3:ListBucket", BUCKET_ARN, listing(f"{MANIFESTS}/")),
+        ALLOWED,
+    ),
+    Scenario(
         "loader PutObject, a manifest with AES256",
         loader("s3:PutObject", MANIFEST, sse(None, "AES256")),
         denied_by(p.SID_SSE),

@@ -128,3 +128,34 @@ def test_log_is_rotated_and_bounded(repo):
 def test_load_args_can_be_changed(repo):
     assert run_script(repo, PIPELINE_LOAD_ARGS="--prune").returncode == 0
     assert (repo / "calls.txt").read_text().splitlines()[1] == "load.py --prune"
+
+
+def test_status_runs_after_the_load_when_asked_and_its_exit_status_counts(repo):
+    (repo / "status.py").write_text(FAKE_STEP)
+    assert run_script(repo).returncode == 0
+    assert (repo / "calls.txt").read_text().splitlines() == ["extract.py ", "load.py --copy"]
+    (repo / "calls.txt").unlink()
+
+    result = run_script(repo, PIPELINE_STATUS="1", PIPELINE_STATUS_ARGS="--days 1")
+    assert result.returncode == 0, result.stderr
+    assert (repo / "calls.txt").read_text().splitlines() == [
+        "extract.py ",
+        "load.py --copy",
+        "status.py --days 1",
+    ]
+    assert any(
+        line.endswith("status.py summary line")
+        for line in (repo / "logs/pipeline.log").read_text().splitlines()
+    )
+    (repo / "calls.txt").unlink()
+
+    (repo / "status.py.rc").write_text("1")  # a finished hour not complete
+    result = run_script(repo, PIPELINE_STATUS="1")
+    assert result.returncode == 1
+    assert "error: status.py failed on purpose" in result.stderr
+    assert (repo / "calls.txt").read_text().splitlines()[-1] == "status.py "
+    (repo / "calls.txt").unlink()
+
+    (repo / "load.py.rc").write_text("1")  # a failed load: no status after it
+    assert run_script(repo, PIPELINE_STATUS="1").returncode == 1
+    assert (repo / "calls.txt").read_text().splitlines() == ["extract.py ", "load.py --copy"]

@@ -31,5 +31,9 @@ def test_every_event_lands_once_and_a_rerun_adds_nothing(capsys):
         assert end - start == timedelta(hours=DEFAULT_LOOKBACK_HOURS)
         assert second == first
     assert result.all_rows == result.all_uuids == sum(c.served for c in result.first.values())
+    # status.py's calendar of what was loaded: every finished hour complete and reconciled
+    assert "project eu_app (123456)" in result.status
+    assert "project us_app (654321)" in result.status
+    assert "no mismatch: every finished hour is complete and reconciled" in result.status
     assert out.split("second run")[1].count("files written:     0") == 2
     assert result.ok
