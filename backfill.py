@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
 
-from pipeline import backfill, lock
+from pipeline import backfill, lock, upload
 from pipeline.cli import ArgumentParser, configure_logging, run
 from pipeline.context import Shared, connect, each_project, extractor_for, project_of
 from pipeline.errors import PipelineError, UsageError
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     uploaded: list[str] = []
     with held_lock:
-        shared = connect(settings)
+        shared = connect(settings, upload.POOL_CONNECTIONS)  # the uploader's 16 in flight
         status = each_project(
             sources,
             lambda source: one_project(args, shared, source, start, end, kms_key, uploaded),

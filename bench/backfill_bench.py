@@ -9,8 +9,10 @@ generation. S3 is moto's server (a separate process); S3_GZIP=true, as the READM
 for backfills. Each run gets a fresh data folder and prefix; the settings alternate per round.
 
 Per setting, the median of the rounds: wall time, peak local disk of json_data/ (sampled every
-0.1 s) against the budget (3 windows' worth), and peak RSS (wait4). It also prints what
-`extract.py` then `load.py` would need locally: the whole range, unpacked.
+0.1 s) against the budget (3 windows' worth), and peak RSS (wait4); and `extract.py --parallel N`
+alone on the same range (download and unpack only), which isolates the concurrent windows from
+the uploads (on a 2-core machine, moto's server and the uploader share the CPU with them). It
+also prints what `extract.py` then `load.py` would need locally: the whole range, unpacked.
 Not a test: CI does not run it.
 """
 
@@ -77,21 +79,23 @@ def du(path: Path) -> int:
     return total
 
 
-def run_backfill(env: dict, data: Path, parallel: int, days: int, budget_gb: float) -> dict:
-    """One backfill.py run as a subprocess: seconds, peak local bytes, peak RSS."""
+def run_backfill(env: dict, data: Path, parallel: int, days: int, budget_gb: float | None) -> dict:
+    """One backfill.py run (extract.py alone without a budget) as a subprocess: seconds, peak
+    local bytes, peak RSS."""
     end = FIRST + timedelta(days=days - 1)
+    command = "backfill.py" if budget_gb is not None else "extract.py"
     argv = [
         sys.executable,
-        str(REPO / "backfill.py"),
+        str(REPO / command),
         "--start",
         f"{FIRST:%Y-%m-%d}",
         "--end",
         f"{end:%Y-%m-%d}",
         "--parallel",
         str(parallel),
-        "--max-local-gb",
-        f"{budget_gb}",
     ]
+    if budget_gb is not None:
+        argv += ["--max-local-gb", f"{budget_gb}"]
     peak = [0]
     done = threading.Event()
 
@@ -111,7 +115,7 @@ def run_backfill(env: dict, data: Path, parallel: int, days: int, budget_gb: flo
     out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
         print(out[-2000:], err[-3000:])
-        raise SystemExit(f"backfill.py --parallel {parallel} failed")
+        raise SystemExit(f"{command} --parallel {parallel} failed")
     return {"seconds": elapsed, "peak_disk": peak[0], "rss": usage.ru_maxrss * 1024, "out": out}
 
 
@@ -130,8 +134,9 @@ def main() -> int:
     parser.add_argument("--mb-per-day", type=int, default=80)
     parser.add_argument("--ttfb", type=float, default=2.0, help="seconds before the first byte")
     parser.add_argument("--mbps", type=float, default=10.0, help="MB/s per connection")
+    parser.add_argument("--shards", type=int, default=2, help="files per hour")
     args = parser.parse_args()
-    members, raw_day = template_day(args.mb_per_day)
+    members, raw_day = template_day(args.mb_per_day, args.shards)
     zipped_day = sum(len(b) for b in members.values())
     budget = 3 * raw_day * 1.15 / 1e9  # three windows' worth, zips included
     print(
@@ -155,6 +160,7 @@ def main() -> int:
     )
     settings = sorted({1, DEFAULT_PARALLEL, 4})
     results: dict[int, list[dict]] = {n: [] for n in settings}
+    alone: dict[int, list[float]] = {n: [] for n in settings}
     with tempfile.TemporaryDirectory(prefix="backfill-bench-") as tmp, running(service) as url:
         work = Path(tmp)
         proc, s3_url = start_moto(work / "moto.log")
@@ -195,6 +201,11 @@ def main() -> int:
                     )
                     clear(s3, prefix)
                     shutil.rmtree(data, ignore_errors=True)
+                    extract_env = {k: v for k, v in env.items() if k != "S3_BUCKET"}
+                    only = run_backfill(extract_env, data, n, args.days, None)
+                    alone[n].append(only["seconds"])
+                    print(f"round {r + 1}: extract.py --parallel {n}: {only['seconds']:6.1f} s")
+                    shutil.rmtree(data, ignore_errors=True)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
@@ -208,6 +219,10 @@ def main() -> int:
             f"peak local {disk / 1e9:.2f} GB (budget {budget:.2f} GB), peak RSS {rss / 1e6:.0f} MB"
         )
     print(f"  429s answered by the stand-in: {service.throttled}")
+    solo = {n: statistics.median(alone[n]) for n in settings}
+    print("extract.py alone (download and unpack, no upload), same range:")
+    for n in settings:
+        print(f"  --parallel {n}: {solo[n]:6.1f} s ({solo[1] / solo[n]:.2f}x --parallel 1)")
     return 0
 
 

@@ -84,6 +84,8 @@ class Budget(Pace):
     has pruned enough. With the uploader idle it goes ahead anyway: the backfill never stalls.
     """
 
+    unpack_in_workers = False  # each unpack waits for room, in time order
+
     def __init__(self, max_bytes: float | None) -> None:
         self.max_bytes = max_bytes
         self.on_commit: Callable[[Committed], None] = lambda c: None  # the uploader's submit
@@ -212,7 +214,7 @@ class Uploader:
         s3 = shared.client
         with self.lock:
             todo = upload.plan(files, shared.held, self.prefix, self.gzip, shared.local)
-        progress = upload.Progress(len(todo.uploads), todo.upload_bytes, enabled=False)
+        progress = upload.Progress(len(todo.uploads), todo.upload_bytes, enabled=False, lines=False)
         outcome = upload.upload_all(
             s3, todo.uploads, self.bucket, self.kms_key, temp_root=self.root, progress=progress
         )

@@ -30,10 +30,11 @@ class Shared:
     registry: KeyRegistry
 
 
-def connect(settings: Settings) -> Shared:
-    """One S3 client and one listing of the prefix for the whole run."""
+def connect(settings: Settings, max_pool_connections: int = 10) -> Shared:
+    """One S3 client and one listing of the prefix for the whole run (a pool as large as the
+    uploads in flight, for backfill)."""
     data_dir, bucket, prefix = settings.json_data_dir, settings.s3_bucket, settings.s3_prefix
-    client = s3.client(settings) if bucket else None
+    client = s3.client(settings, "s3", max_pool_connections) if bucket else None
     held = s3.list_held(client, bucket, prefix) if client and bucket else {}
     if not bucket:
         log.warning("S3_BUCKET is not set: no gap check, and S3 does not move the start")

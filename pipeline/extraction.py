@@ -206,6 +206,7 @@ class Fetched:
     staging: Path
     archive: Path | None  # the zip, with data
     seconds: float
+    staged: list[modules.StagedFile] | None = None  # once unpacked
 
 
 class Pace:
@@ -216,6 +217,10 @@ class Pace:
     order before a downloaded window is unpacked, and may wait. `committed(c)` follows each
     window's commit; `on_disk(zip_bytes)` counts a zip written or removed (negative).
     """
+
+    # Unpack in the download workers, at once, rather than one by one in time order (only
+    # commits need the order); backfill's budget says False, to hold each unpack for room.
+    unpack_in_workers = True
 
     def may_start(self, in_flight: int) -> bool:
         return True
@@ -378,10 +383,15 @@ class Extractor:
         if got.outcome is not Outcome.DATA:
             return Fetched(window, got, staging, None, time.monotonic() - started)
         pace.on_disk(got.size)
-        return Fetched(window, got, staging, archive, time.monotonic() - started)
+        fetched = Fetched(window, got, staging, archive, time.monotonic() - started)
+        if pace.unpack_in_workers:
+            fetched.staged = self._unpack(fetched, pace)
+        return fetched
 
     def _unpack(self, fetched: Fetched, pace: Pace) -> list[modules.StagedFile]:
-        """In time order: unpack and check a downloaded zip (after the pace allows it)."""
+        """Unpack and check a downloaded zip (after the pace allows it), once."""
+        if fetched.staged is not None:
+            return fetched.staged
         if fetched.archive is None:
             return []
         pace.before_unpack(fetched.got.size)

@@ -299,9 +299,12 @@ def gzip_to_temp(src: Path, folder: Path) -> tuple[Path, int, str, int]:
 class Progress:
     """A tqdm bar over bytes on a terminal; plain log lines about every 10% otherwise."""
 
-    def __init__(self, files: int, total_bytes: int, enabled: bool | None = None) -> None:
+    def __init__(
+        self, files: int, total_bytes: int, enabled: bool | None = None, lines: bool = True
+    ) -> None:
         self.files, self.done = files, 0
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.lines = lines  # backfill logs one line per window instead
         self.bar = tqdm(
             total=total_bytes,
             unit="B",
@@ -318,7 +321,11 @@ class Progress:
         self.done += 1
         self.bar.update(raw_bytes)
         self.bar.set_postfix_str(f"{self.done}/{self.files} files", refresh=False)
-        if not self.enabled and (self.done >= self._next_log or self.done == self.files):
+        if (
+            self.lines
+            and not self.enabled
+            and (self.done >= self._next_log or self.done == self.files)
+        ):
             log.info("uploaded %d/%d files", self.done, self.files)
             self._next_log = self.done + self._step
 
