@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import sys
@@ -62,8 +63,22 @@ def configure_logging(level: str, secrets: Iterable[str] = ()) -> RedactingForma
     return redactor
 
 
+def few_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas (M_ARENA_MAX), before the commands start their threads.
+
+    glibc gives each new thread an arena of its own, up to 8 per core, and freed buffers stay
+    in them: the 30-odd download, fsync and upload threads of a backfill held ~20 MB of RSS
+    more for nothing. Elsewhere than glibc (macOS), nothing to do.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8 is M_ARENA_MAX in malloc.h
+    except (OSError, AttributeError):
+        pass
+
+
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Call `main`, turning failures into one `error:` line and the contract's exit status."""
+    few_malloc_arenas()
     try:
         return main(argv)
     except PipelineError as exc:
