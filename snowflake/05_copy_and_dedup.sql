@@ -106,13 +106,26 @@ USING (
 ) AS s
 ON t.uuid = s.uuid
 WHEN NOT MATCHED THEN INSERT (
-  uuid, insert_id, event_type, event_time, server_upload_time, client_event_time, user_id,
-  device_id, amplitude_id, session_id, app, platform, os_name, country, city, event_properties,
-  user_properties, groups, raw, source_file, loaded_at
+  uuid, insert_id, event_id, event_type, amplitude_event_type, event_time, client_event_time,
+  client_upload_time, server_received_time, server_upload_time, processed_time,
+  user_creation_time, app, amplitude_id, user_id, device_id, session_id, event_properties,
+  user_properties, group_properties, global_user_properties, groups, data, plan, platform,
+  os_name, os_version, device_brand, device_carrier, device_family, device_manufacturer,
+  device_model, device_type, version_name, start_version, library, language, country, region,
+  city, dma, location_lat, location_lng, ip_address, adid, idfa, amplitude_attribution_ids,
+  is_attribution_event, followed_an_identify, partner_id, source_id, paying, sample_rate,
+  data_type, raw, source_file, loaded_at
 ) VALUES (
-  s.uuid, s.insert_id, s.event_type, s.event_time, s.server_upload_time, s.client_event_time,
-  s.user_id, s.device_id, s.amplitude_id, s.session_id, s.app, s.platform, s.os_name, s.country,
-  s.city, s.event_properties, s.user_properties, s.groups, s.raw, s.source_file, s.loaded_at
+  s.uuid, s.insert_id, s.event_id, s.event_type, s.amplitude_event_type, s.event_time,
+  s.client_event_time, s.client_upload_time, s.server_received_time, s.server_upload_time,
+  s.processed_time, s.user_creation_time, s.app, s.amplitude_id, s.user_id, s.device_id,
+  s.session_id, s.event_properties, s.user_properties, s.group_properties,
+  s.global_user_properties, s.groups, s.data, s.plan, s.platform, s.os_name, s.os_version,
+  s.device_brand, s.device_carrier, s.device_family, s.device_manufacturer, s.device_model,
+  s.device_type, s.version_name, s.start_version, s.library, s.language, s.country, s.region,
+  s.city, s.dma, s.location_lat, s.location_lng, s.ip_address, s.adid, s.idfa,
+  s.amplitude_attribution_ids, s.is_attribution_event, s.followed_an_identify, s.partner_id,
+  s.source_id, s.paying, s.sample_rate, s.data_type, s.raw, s.source_file, s.loaded_at
 );
 
 -- name: commit_merge

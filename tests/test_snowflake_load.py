@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -15,10 +16,13 @@ import threading
 import uuid
 import warnings
 from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
 
 import boto3
 import pytest
 import snowflake.connector
+import sqlglot
 from snowflake.connector.cursor import SnowflakeCursor
 from snowflake.connector.errors import OperationalError
 
@@ -118,11 +122,13 @@ class Stack:
             keys.append(key)
         return keys
 
-    def run(self, worksheet: str) -> dict[str, list[tuple]]:
-        """Run one worksheet; the rows each statement returned, by name."""
-        path = next(worksheets.WORKSHEET_DIR.glob(f"{worksheet}_*.sql"))
+    def run(self, worksheet: str | Path, **values: str) -> dict[str, list[tuple]]:
+        """Run one worksheet (or a .sql file); the rows each statement returned, by name."""
+        path = Path(worksheet)
+        if path.suffix != ".sql":
+            path = next(worksheets.WORKSHEET_DIR.glob(f"{worksheet}_*.sql"))
         text = path.read_text(encoding="utf-8")
-        statements = worksheets.split(worksheets.render(text, self.values))
+        statements = worksheets.split(worksheets.render(text, {**self.values, **values}))
         cursor = self.conn.cursor()
         results = {}
         for statement in statements:
@@ -521,3 +527,178 @@ def test_late_data_ends_in_events_once_per_uuid(stack, monkeypatch, tmp_path, gz
         f"SELECT uuid FROM events WHERE server_upload_time < '{last:%Y-%m-%d %H}:59:59.999999'"
     )
     assert sorted(r[0] for r in rows) == sorted(expected)  # complete, and each uuid once
+
+
+V1 = REPO_ROOT / "tests" / "snowflake_v1"  # worksheets 04 and 05 from before issue 12
+EVENTS_COLUMNS = [
+    c.name
+    for c in sqlglot.parse_one(
+        next(
+            s.sql
+            for s in worksheets.split(
+                (worksheets.WORKSHEET_DIR / "04_tables.sql").read_text(encoding="utf-8")
+            )
+            if s.name == "create_events"
+        ),
+        read="snowflake",
+    ).find_all(sqlglot.exp.ColumnDef)
+]
+TYPED = EVENTS_COLUMNS[: EVENTS_COLUMNS.index("raw")]
+
+
+def expected_value(column: str, event: dict):
+    """What events should hold for one field of an exported event (None: NULL)."""
+    value = event.get("$insert_id" if column == "insert_id" else column)
+    kinds = {
+        "timestamp": [c for c in TYPED if c.endswith("_time")],
+        "number": ["amplitude_id", "app", "event_id", "session_id", "sample_rate"],
+        "float": ["location_lat", "location_lng"],
+        "boolean": ["is_attribution_event", "followed_an_identify"],
+        "json": [
+            "event_properties",
+            "user_properties",
+            "group_properties",
+            "global_user_properties",
+            "groups",
+            "data",
+            "plan",
+            "amplitude_attribution_ids",
+        ],
+    }
+    kind = next((k for k, names in kinds.items() if column in names), "varchar")
+    try:
+        if value is None:
+            return None
+        if kind == "timestamp":
+            return datetime.strptime(value, sample_events.TS_FORMAT)
+        if kind in ("number", "float"):
+            return float(value)
+        if kind == "boolean":
+            return value if isinstance(value, bool) else {"true": True, "false": False}[value]
+        if column == "amplitude_attribution_ids" and not isinstance(value, list):
+            return None
+        if kind == "varchar" and isinstance(value, bool):
+            return json.dumps(value)  # paying: true → 'true'
+        return value
+    except (KeyError, ValueError):
+        return None  # a bad value
+
+
+def actual_value(column: str, value):
+    """A value as the connector returns it, comparable with expected_value."""
+    if value is None:
+        return None
+    if isinstance(value, Decimal | int) and not isinstance(value, bool):
+        return float(value)
+    if column in ("event_properties", "user_properties", "group_properties", "data", "plan"):
+        return json.loads(value)
+    if column in ("global_user_properties", "groups", "amplitude_attribution_ids"):
+        return json.loads(value)
+    return value
+
+
+def typed_rows(stack: Stack, columns: list[str] = TYPED) -> dict[str, dict]:
+    """events' rows, by uuid: each column as comparable values."""
+    times = [c for c in columns if c.endswith("_time")]
+    # IS NULL in SQL: fakesnow's server sends a NULL TIMESTAMP_NTZ as 1970-01-01 (its bug).
+    nulls = [f"{c} IS NULL" for c in times]
+    rows = stack.query(f"SELECT {', '.join(columns + nulls)} FROM events")
+    typed = {}
+    for row in rows:
+        values = dict(zip(columns, row, strict=False))
+        for column, is_null in zip(times, row[len(columns) :], strict=True):
+            values[column] = None if is_null else values[column]
+        typed[row[0]] = {c: actual_value(c, v) for c, v in values.items()}
+    return typed
+
+
+def every_field(event: dict) -> dict:
+    """An event with every field Amplitude may fill set, as a real export can have it."""
+    return {
+        **event,
+        "adid": "AEBE52E7-03EE-455A-B3C4-E57283966239",
+        "idfa": "C8F9E604-F01A-4BD9-95C6-8E5357DF265D",
+        "amplitude_event_type": "legacy_type",
+        "amplitude_attribution_ids": ["b1946ac92492d2347c6235b4d2611184"],
+        "device_brand": "Apple",
+        "device_carrier": "Verizon",
+        "device_family": "Apple iPhone",
+        "device_manufacturer": "Apple",
+        "device_model": "iPhone 15",
+        "device_type": "Apple iPhone 15",
+        "dma": "San Francisco-Oakland-San Jose, CA",
+        "followed_an_identify": False,
+        "global_user_properties": {"tier": "gold"},
+        "group_properties": {"company": {"acme-1": {"seats": 12}}},
+        "is_attribution_event": True,
+        "location_lat": 37.7749,
+        "location_lng": -122.4194,
+        "partner_id": "partner-7",
+        "paying": True,
+        "plan": {"branch": "main", "source": "web", "version": "3"},
+        "sample_rate": 0.5,
+        "source_id": "source-3",
+        "start_version": "1.0.0",
+        "version_name": "2.4.1",
+    }
+
+
+def test_every_amplitude_field_is_a_typed_column_and_a_bad_value_is_null(stack):
+    for worksheet in ("01", "03", "04"):
+        stack.run(worksheet)
+    name, events = members(seed=20, hours=1)[0]
+    full = every_field(events[0])
+    bad = {
+        **every_field(events[1]),
+        "location_lat": "north",
+        "event_id": "n/a",
+        "processed_time": "soon",
+        "is_attribution_event": "maybe",
+        "amplitude_attribution_ids": "not-a-list",
+        "sample_rate": "half",
+        "future_field": {"from": "a later Amplitude"},
+    }
+    keys = stack.upload([(name, [full, bad, events[2]])])
+    assert run_copy(stack.settings, keys) == 0
+
+    got = typed_rows(stack)
+    assert len(TYPED) == 54
+    for event in (full, bad, events[2]):
+        expected = {c: expected_value(c, event) for c in TYPED}
+        assert got[event["uuid"]] == expected
+    assert got[bad["uuid"]]["location_lat"] is None and got[bad["uuid"]]["processed_time"] is None
+    assert got[full["uuid"]]["paying"] == "true" and got[full["uuid"]]["sample_rate"] == 0.5
+    later = stack.query(
+        f"SELECT raw:future_field:from::VARCHAR FROM events WHERE uuid = '{bad['uuid']}'"
+    )
+    assert later == [("a later Amplitude",)]  # a field events has no column for is still in raw
+
+
+def test_an_events_table_of_18_columns_is_upgraded_in_place_and_filled_from_raw(stack):
+    for worksheet in ("01", "03"):
+        stack.run(worksheet)
+    stack.run(V1 / "04_tables.sql")
+    old = [(name, [every_field(e) for e in events]) for name, events in members(seed=21, hours=2)]
+    stack.upload(old)
+    stack.run(V1 / "05_copy_and_dedup.sql")
+    assert len(stack.query("DESCRIBE TABLE events")) == 18 + 3
+    before = sorted(stack.uuids())
+    assert len(before) == len(all_uuids(old))
+
+    upgrade = stack.run("04")
+    assert sorted(stack.uuids()) == before  # not a row lost
+    assert len(stack.query("DESCRIBE TABLE events")) == len(EVENTS_COLUMNS)
+    assert upgrade["backfill_new_columns"][0][0] == len(before)
+    got = typed_rows(stack)
+    for _, events in old:
+        for event in events:
+            assert got[event["uuid"]] == {c: expected_value(c, event) for c in TYPED}
+    assert stack.run("04")["backfill_new_columns"][0][0] == 0  # once: a rerun updates nothing
+
+    new = members(seed=22, hours=1, day=21)
+    assert run_copy(stack.settings, stack.upload(new)) == 0
+    uuids = stack.uuids()
+    assert sorted(uuids) == sorted(before + all_uuids(new)) and len(set(uuids)) == len(uuids)
+    got = typed_rows(stack)
+    for event in new[0][1]:
+        assert got[event["uuid"]] == {c: expected_value(c, event) for c in TYPED}

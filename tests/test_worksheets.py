@@ -10,6 +10,7 @@ from sqlglot import exp
 
 from pipeline import worksheets
 from pipeline.errors import UsageError
+from pipeline.settings import REPO_ROOT as REPO
 
 WORKSHEETS = sorted(worksheets.WORKSHEET_DIR.glob("*.sql"))
 DUMMY = {
@@ -197,3 +198,116 @@ def test_05s_recipe_for_a_file_copy_skips_after_64_days_is_copy_raw_for_that_fil
     assert params["FORCE"].expression == exp.true()
     assert "/" in params["FILES"].expression.this.name  # a key relative to the stage
     assert "64 days" in text and "LOAD_UNCERTAIN_FILES" in text
+
+
+# Amplitude's own Snowflake export, table EVENTS_<project_id> (Amplitude's "Snowflake Export"
+# and "Snowflake Data Share" pages): the columns analysts and dbt packages are written against.
+AMPLITUDE_EVENTS_TABLE = """
+    adid amplitude_event_type amplitude_id app city client_event_time client_upload_time country
+    data device_brand device_carrier device_family device_id device_manufacturer device_model
+    device_type dma event_id event_properties event_time event_type followed_an_identify
+    group_properties groups idfa ip_address is_attribution_event language library location_lat
+    location_lng os_name os_version paying platform processed_time region sample_rate
+    server_upload_time session_id start_version user_creation_time user_id user_properties uuid
+    version_name amplitude_attribution_ids server_received_time global_user_properties partner_id
+    plan source_id data_type
+""".split()
+BOOKKEEPING = ["raw", "source_file", "loaded_at"]
+
+
+def columns_of(create: str) -> dict[str, str]:
+    """CREATE TABLE's columns and their types, in order."""
+    tree = sqlglot.parse_one(create, read="snowflake")
+    return {c.name: c.args["kind"].sql("snowflake") for c in tree.find_all(exp.ColumnDef)}
+
+
+def view_columns(worksheet: str = "04") -> dict[str, exp.Expr]:
+    """raw_events_typed's columns and the expression of each."""
+    view = sqlglot.parse_one(by_name(worksheet)["create_raw_events_typed"], read="snowflake")
+    select = view.expression
+    return {e.alias_or_name: e.unalias() for e in select.expressions}
+
+
+def test_events_has_every_column_of_amplitudes_own_table_and_the_view_types_each():
+    events = columns_of(by_name("04")["create_events"])
+    assert len(AMPLITUDE_EVENTS_TABLE) == 53
+    assert set(AMPLITUDE_EVENTS_TABLE) <= set(events)
+    assert sorted(set(events) - set(AMPLITUDE_EVENTS_TABLE)) == ["insert_id", *sorted(BOOKKEEPING)]
+    assert list(view_columns()) == list(events)
+    typed = {
+        "DECIMAL": ["amplitude_id", "app", "event_id", "session_id", "sample_rate"],  # NUMBER
+        "TIMESTAMPNTZ": [
+            "event_time",
+            "client_event_time",
+            "client_upload_time",
+            "server_received_time",
+            "server_upload_time",
+            "processed_time",
+            "user_creation_time",
+            "loaded_at",
+        ],
+        "DOUBLE": ["location_lat", "location_lng"],
+        "BOOLEAN": ["is_attribution_event", "followed_an_identify"],
+        "VARIANT": [
+            "event_properties",
+            "user_properties",
+            "group_properties",
+            "global_user_properties",
+            "groups",
+            "data",
+            "plan",
+            "raw",
+        ],
+        "ARRAY": ["amplitude_attribution_ids"],
+    }
+    for kind, names in typed.items():
+        for name in names:
+            assert events[name].startswith(kind), name
+    varchar = [name for name, kind in events.items() if kind == "VARCHAR"]
+    assert len(varchar) == 54 + 3 - sum(len(n) for n in typed.values())  # paying is VARCHAR
+    assert "paying" in varchar and "insert_id" in varchar
+
+
+def test_05s_merge_inserts_every_column_of_events_from_the_view():
+    events = list(columns_of(by_name("04")["create_events"]))
+    merge = sqlglot.parse_one(by_name("05")["merge_events"], read="snowflake")
+    insert = merge.find(exp.Insert)
+    assert [c.name for c in insert.this.expressions] == events
+    assert [(c.table, c.name) for c in insert.expression.expressions] == [("s", n) for n in events]
+
+
+def v1_events() -> dict[str, str]:
+    text = (REPO / "tests" / "snowflake_v1" / "04_tables.sql").read_text()
+    create = next(
+        s.sql for s in worksheets.split(worksheets.render(text, DUMMY)) if s.name == "create_events"
+    )
+    return columns_of(create)
+
+
+def test_04_adds_each_column_an_older_events_lacks_with_its_type():
+    events = columns_of(by_name("04")["create_events"])
+    old = v1_events()
+    assert len(old) == 18 + 3 and set(old) <= set(events)
+    added = {}
+    for name, sql in by_name("04").items():
+        if name.startswith("add_"):
+            alter = sqlglot.parse_one(sql, read="snowflake")
+            (column,) = alter.args["actions"]
+            assert alter.this.name == "events" and column.args["exists"]  # IF NOT EXISTS
+            assert name == f"add_{column.name}"
+            added[column.name] = column.args["kind"].sql("snowflake")
+    assert added == {name: kind for name, kind in events.items() if name not in old}
+
+
+def test_04s_backfill_fills_exactly_the_added_columns_as_the_view_types_them():
+    update = sqlglot.parse_one(by_name("04")["backfill_new_columns"], read="snowflake")
+    assert update.this.name == "events"
+    assignments = {e.this.name: e.expression for e in update.expressions}
+    added = {n.removeprefix("add_") for n in by_name("04") if n.startswith("add_")}
+    assert set(assignments) == added and len(added) == 36
+    view = view_columns()
+    for name, expression in assignments.items():
+        assert expression == view[name], name
+    # Every row merged before the upgrade has all three NULL; rows merged after have them.
+    where = {c.name for c in update.args["where"].find_all(exp.Column)}
+    assert where == {"server_received_time", "client_upload_time", "processed_time"} <= added
