@@ -77,6 +77,31 @@ BEGIN TRANSACTION;
 -- name: take_merge_lock
 UPDATE merge_lock SET taken_at = SYSDATE() WHERE name = 'events';
 
+-- The batch: raw rows loaded from one day before the newest merged row on (rows loaded earlier
+-- were merged by an earlier run). To re-merge everything after a repair, run
+-- SET batch_start = '1970-01-01 00:00:00'; instead of this statement, once.
+-- name: set_batch_start
+SET batch_start = (
+  SELECT TO_VARCHAR(
+    DATE_TRUNC('second', DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-02'::TIMESTAMP_NTZ))),
+    'YYYY-MM-DD HH24:MI:SS'
+  )
+  FROM events
+);
+
+-- The batch's earliest server_upload_time, to the second (rounded down). An empty batch gives
+-- the year 9999: the MERGE then reads no micro-partition of events.
+-- name: set_merge_floor
+SET merge_floor = (
+  SELECT TO_VARCHAR(
+    DATE_TRUNC('second', COALESCE(MIN(server_upload_time), '9999-12-31'::TIMESTAMP_NTZ)),
+    'YYYY-MM-DD HH24:MI:SS'
+  )
+  FROM raw_events_typed
+  WHERE uuid IS NOT NULL
+    AND loaded_at >= TO_TIMESTAMP_NTZ($batch_start, 'YYYY-MM-DD HH24:MI:SS')
+);
+
 -- Dedup by MERGE on uuid, inserting only uuids that events does not hold yet.
 -- Why MERGE: it is one atomic statement, so no reader ever sees a duplicate (unlike INSERT then
 -- DELETE), it is idempotent (rerunning it inserts nothing), and events stays a plain table that
@@ -84,9 +109,23 @@ UPDATE merge_lock SET taken_at = SYSDATE() WHERE name = 'events';
 -- copy_number keeps one row per uuid from the batch itself (a file loaded twice in one window),
 -- which MERGE needs: two source rows with the same new uuid would both be inserted. (A nested
 -- SELECT rather than QUALIFY: the same in Snowflake, and the local stand-in runs it too.)
--- Only raw rows from the last day before the newest merged row are read (a cheap, pruned
--- scan); rows loaded earlier were merged by an earlier run. To re-merge everything after a
--- repair, drop the loaded_at condition once.
+-- Why a range on server_upload_time: joined on uuid alone (random values), the MERGE would read
+-- every micro-partition of events on every run, a cost that grows with history. Snowflake skips
+-- a micro-partition when the min and max it keeps of a column rule out a predicate, and only for
+-- a predicate with constants (not a subquery's result, even a constant one): hence the session
+-- variables set above, which are constants here. events grows in server_upload_time order (each
+-- run merges the newest export hours), so the range keeps only the newest micro-partitions, and
+-- raw_events grows in loaded_at order, so batch_start does the same for it.
+-- The margin: the MERGE takes only batch rows from merge_floor on (a row that COPY commits after
+-- set_merge_floor with an earlier time waits for the next run, whose batch holds it) and compares
+-- them with the events from 2 days before merge_floor on. So a uuid already in events is found
+-- whenever its first copy is at most 2 days older than the new one. The same file loaded again
+-- (re-uploaded with more events, or as .json and .json.gz) carries the same server_upload_time;
+-- the 2 days are for an event that Amplitude exports again in a later hour. A first copy older
+-- than that would be inserted again: worksheet 06's duplicate_uuids shows it; widen the margin
+-- here and in 07 if it ever does. Rows whose server_upload_time is unreadable (NULL) are always
+-- compared. Per hourly run the MERGE reads about one day of raw_events (the batch) and about
+-- three days of events (the batch's own day, plus the margin), however old the table is.
 -- The typed columns come from the view raw_events_typed (worksheet 04).
 -- name: merge_events
 MERGE INTO events AS t
@@ -98,13 +137,20 @@ USING (
       ROW_NUMBER() OVER (PARTITION BY uuid ORDER BY loaded_at, source_file) AS copy_number
     FROM raw_events_typed
     WHERE uuid IS NOT NULL
-      AND loaded_at >= (
-        SELECT DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-01'::TIMESTAMP_NTZ)) FROM events
+      AND loaded_at >= TO_TIMESTAMP_NTZ($batch_start, 'YYYY-MM-DD HH24:MI:SS')
+      AND (
+        server_upload_time >= TO_TIMESTAMP_NTZ($merge_floor, 'YYYY-MM-DD HH24:MI:SS')
+        OR server_upload_time IS NULL
       )
   )
   WHERE copy_number = 1
 ) AS s
 ON t.uuid = s.uuid
+  AND (
+    t.server_upload_time
+      >= DATEADD(day, -2, TO_TIMESTAMP_NTZ($merge_floor, 'YYYY-MM-DD HH24:MI:SS'))
+    OR t.server_upload_time IS NULL
+  )
 WHEN NOT MATCHED THEN INSERT (
   uuid, insert_id, event_id, event_type, amplitude_event_type, event_time, client_event_time,
   client_upload_time, server_received_time, server_upload_time, processed_time,

@@ -62,7 +62,9 @@ WHERE NOT EXISTS (SELECT 1 FROM merge_lock WHERE name = 'events');
 -- The task's body is a Snowflake Scripting block, dollar-quoted so that snow sql and Snowsight pass
 -- it on whole. On any error it rolls back and fails the run (task history shows it); the next run
 -- merges what this one did not. Keep its statements identical to 05's begin_merge,
--- take_merge_lock, merge_events and commit_merge (a test checks that they are).
+-- take_merge_lock, set_batch_start, set_merge_floor, merge_events and commit_merge (a test checks
+-- that they are; 05 says why the MERGE reads only recent micro-partitions of events, and what
+-- its 2-day margin is for).
 -- OR REPLACE, unlike the pipe (whose load history a replacement would lose): the task holds no
 -- data, and rerunning this worksheet updates a task created by an older version of it, which
 -- merged without the lock. A replaced task starts suspended; resume_merge_task resumes it.
@@ -76,6 +78,22 @@ EXECUTE IMMEDIATE $$
 BEGIN
   BEGIN TRANSACTION;
   UPDATE merge_lock SET taken_at = SYSDATE() WHERE name = 'events';
+  SET batch_start = (
+    SELECT TO_VARCHAR(
+      DATE_TRUNC('second', DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-02'::TIMESTAMP_NTZ))),
+      'YYYY-MM-DD HH24:MI:SS'
+    )
+    FROM events
+  );
+  SET merge_floor = (
+    SELECT TO_VARCHAR(
+      DATE_TRUNC('second', COALESCE(MIN(server_upload_time), '9999-12-31'::TIMESTAMP_NTZ)),
+      'YYYY-MM-DD HH24:MI:SS'
+    )
+    FROM raw_events_typed
+    WHERE uuid IS NOT NULL
+      AND loaded_at >= TO_TIMESTAMP_NTZ($batch_start, 'YYYY-MM-DD HH24:MI:SS')
+  );
   MERGE INTO events AS t
   USING (
     SELECT *
@@ -85,13 +103,20 @@ BEGIN
         ROW_NUMBER() OVER (PARTITION BY uuid ORDER BY loaded_at, source_file) AS copy_number
       FROM raw_events_typed
       WHERE uuid IS NOT NULL
-        AND loaded_at >= (
-          SELECT DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-01'::TIMESTAMP_NTZ)) FROM events
+        AND loaded_at >= TO_TIMESTAMP_NTZ($batch_start, 'YYYY-MM-DD HH24:MI:SS')
+        AND (
+          server_upload_time >= TO_TIMESTAMP_NTZ($merge_floor, 'YYYY-MM-DD HH24:MI:SS')
+          OR server_upload_time IS NULL
         )
     )
     WHERE copy_number = 1
   ) AS s
   ON t.uuid = s.uuid
+    AND (
+      t.server_upload_time
+        >= DATEADD(day, -2, TO_TIMESTAMP_NTZ($merge_floor, 'YYYY-MM-DD HH24:MI:SS'))
+      OR t.server_upload_time IS NULL
+    )
   WHEN NOT MATCHED THEN INSERT (
     uuid, insert_id, event_id, event_type, amplitude_event_type, event_time, client_event_time,
     client_upload_time, server_received_time, server_upload_time, processed_time,

@@ -386,6 +386,19 @@ def test_a_bad_value_becomes_null_and_an_event_without_uuid_is_not_merged(stack)
     assert got == [(odd[0]["uuid"], True, True, client_time)]
     assert len(stack.uuids("raw_events")) == 2
 
+    # An unreadable server_upload_time is NULL; the MERGE still finds that uuid in events when
+    # its file loads again (re-exported with one more event: other bytes, loaded again).
+    unreadable = {**events[2], "server_upload_time": "later"}
+    stack.upload([(name, [*odd, unreadable])])
+    assert run_copy(stack.settings, []) == 0
+    stack.upload([(name, [*odd, unreadable, events[3]])])
+    assert run_copy(stack.settings, []) == 0
+    assert len(stack.uuids("raw_events")) == 2 + 3 + 4
+    assert sorted(stack.uuids()) == sorted([odd[0]["uuid"], unreadable["uuid"], events[3]["uuid"]])
+    assert stack.query(
+        f"SELECT server_upload_time IS NULL FROM events WHERE uuid = '{unreadable['uuid']}'"
+    ) == [(True,)]
+
 
 MERGE_IN_A_TRANSACTION = [
     "copy_raw",
@@ -393,6 +406,8 @@ MERGE_IN_A_TRANSACTION = [
     "seed_merge_lock",
     "begin_merge",
     "take_merge_lock",
+    "set_batch_start",
+    "set_merge_floor",
     "merge_events",
     "commit_merge",
 ]
@@ -702,3 +717,32 @@ def test_an_events_table_of_18_columns_is_upgraded_in_place_and_filled_from_raw(
     got = typed_rows(stack)
     for event in new[0][1]:
         assert got[event["uuid"]] == {c: expected_value(c, event) for c in TYPED}
+
+
+def event_file(day: datetime, events: list[dict]) -> tuple[str, list[dict]]:
+    """One export file of `day`'s hour holding `events`, each uploaded in that hour."""
+    moment = sample_events.ts(day.replace(minute=10))
+    return sample_events.member_name(123456, day, 0), [
+        {**e, "server_upload_time": moment} for e in events
+    ]
+
+
+@pytest.mark.parametrize("days_later, copies", [(1, 1), (4, 2)])
+def test_the_merge_compares_the_batch_with_events_from_2_days_before_it_on(
+    stack, days_later, copies
+):
+    """The bound of merge_events' target side, at work: a uuid exported again up to 2 days
+    later is found; one whose first copy is older than that is not (05 documents the margin)."""
+    for worksheet in ("01", "03", "04"):
+        stack.run(worksheet)
+    first = members(seed=26, hours=1, day=10)
+    assert run_copy(stack.settings, stack.upload(first)) == 0
+    # Loaded three days ago: out of the next run's batch (raw rows of the last day).
+    stack.query("UPDATE raw_events SET loaded_at = DATEADD(day, -3, loaded_at)")
+    again = first[0][1][0]
+    fresh = members(seed=27, hours=1, day=10 + days_later)[0][1][:2]
+    later = datetime(2026, 11, 10 + days_later, 5, tzinfo=UTC)
+    assert run_copy(stack.settings, stack.upload([event_file(later, [again, *fresh])])) == 0
+    uuids = stack.uuids()
+    assert uuids.count(again["uuid"]) == copies
+    assert len(uuids) == len(all_uuids(first)) + len(fresh) + copies - 1

@@ -231,13 +231,20 @@ def run_05(cursor: FakeCursor) -> warehouse.Outcome:
     return warehouse.run_statements(cursor, statements, make_settings(**BASE))
 
 
-TRANSACTION = ["begin_merge", "take_merge_lock", "merge_events", "commit_merge"]
+TRANSACTION = [
+    "begin_merge",
+    "take_merge_lock",
+    "set_batch_start",
+    "set_merge_floor",
+    "merge_events",
+    "commit_merge",
+]
 
 
 def test_the_merge_runs_between_begin_and_commit_after_taking_the_lock():
     cursor = FakeCursor({})
     outcome = run_05(cursor)
-    assert cursor.ran[-6:] == ["create_merge_lock", "seed_merge_lock", *TRANSACTION]
+    assert cursor.ran[-8:] == ["create_merge_lock", "seed_merge_lock", *TRANSACTION]
     assert cursor.ran.index("copy_raw") < cursor.ran.index("begin_merge")
     assert (outcome.files, outcome.merged) == ([], 3)
 
@@ -261,7 +268,7 @@ def test_a_failure_inside_the_transaction_rolls_back_then_reports_one_line():
     assert str(failure.value) == (
         "Snowflake merge_events failed: Numeric value 'x' is not recognized More"
     )
-    assert cursor.ran[-4:] == ["begin_merge", "take_merge_lock", "merge_events", "ROLLBACK"]
+    assert cursor.ran[-4:] == ["set_batch_start", "set_merge_floor", "merge_events", "ROLLBACK"]
 
 
 def test_a_dropped_connection_before_commit_rolls_back_and_is_not_retried():

@@ -60,7 +60,14 @@ def test_every_statement_parses_as_snowflake_sql(path):
             body = re.split(r"\bAS\s*\n", statement.sql, maxsplit=1)
             if len(body) == 2 and "$$" in body[1]:  # TASK ... AS EXECUTE IMMEDIATE $$ block $$
                 kinds = [type(e) for e in task_transaction(statement.sql)]
-                assert kinds == [exp.Transaction, exp.Update, exp.Merge, exp.Commit]
+                assert kinds == [
+                    exp.Transaction,
+                    exp.Update,
+                    exp.Set,
+                    exp.Set,
+                    exp.Merge,
+                    exp.Commit,
+                ]
             elif len(body) == 2:  # CREATE PIPE ... AS <statement>: parse the statement
                 inner = sqlglot.parse_one(body[1], read="snowflake", error_level="raise")
                 assert isinstance(inner, exp.Copy | exp.Merge), statement.name
@@ -83,15 +90,20 @@ def by_name(worksheet: str) -> dict[str, str]:
     return {s.name: s.sql for s in statements(path)}
 
 
+TRANSACTION = [
+    "begin_merge",
+    "take_merge_lock",
+    "set_batch_start",
+    "set_merge_floor",
+    "merge_events",
+    "commit_merge",
+]
+
+
 def test_05_merges_in_one_transaction_after_taking_the_lock():
     ordered = statements(worksheets.WORKSHEET_DIR / "05_copy_and_dedup.sql")
     before, transaction, after = worksheets.transaction_parts(ordered)
-    assert [s.name for s in transaction] == [
-        "begin_merge",
-        "take_merge_lock",
-        "merge_events",
-        "commit_merge",
-    ]
+    assert [s.name for s in transaction] == TRANSACTION
     assert [s.name for s in before][-3:] == ["copy_raw", "create_merge_lock", "seed_merge_lock"]
     assert after == []
     lock = sqlglot.parse_one(transaction[1].sql, read="snowflake")
@@ -103,9 +115,8 @@ def test_05_merges_in_one_transaction_after_taking_the_lock():
 def test_the_snowpipe_task_runs_exactly_05s_transaction():
     load = by_name("05")
     pipe = by_name("07")
-    transaction = ["begin_merge", "take_merge_lock", "merge_events", "commit_merge"]
     assert task_transaction(pipe["create_merge_task"]) == [
-        sqlglot.parse_one(load[name], read="snowflake") for name in transaction
+        sqlglot.parse_one(load[name], read="snowflake") for name in TRANSACTION
     ]
     handler = pipe["create_merge_task"].split("EXCEPTION", 1)[1]
     assert re.search(r"WHEN OTHER THEN\s+ROLLBACK;\s+RAISE;", handler)
@@ -311,3 +322,45 @@ def test_04s_backfill_fills_exactly_the_added_columns_as_the_view_types_them():
     # Every row merged before the upgrade has all three NULL; rows merged after have them.
     where = {c.name for c in update.args["where"].find_all(exp.Column)}
     assert where == {"server_received_time", "client_upload_time", "processed_time"} <= added
+
+
+def constants_only(node: exp.Expr) -> bool:
+    """No column and no query inside: Snowflake can prune micro-partitions with it."""
+    return not any(isinstance(n, exp.Column | exp.Select | exp.Subquery) for n in node.walk())
+
+
+def range_on(condition: exp.Expr, table: str, column: str) -> list[exp.GTE]:
+    return [
+        gte
+        for gte in condition.find_all(exp.GTE)
+        if isinstance(gte.this, exp.Column) and (gte.this.table, gte.this.name) == (table, column)
+    ]
+
+
+def test_05s_merge_reads_events_from_a_constant_bound_two_days_before_the_batch():
+    merge = sqlglot.parse_one(by_name("05")["merge_events"], read="snowflake")
+    (bound,) = range_on(merge.args["on"], "t", "server_upload_time")
+    assert constants_only(bound.expression)
+    assert bound.expression.find(exp.Parameter).name == "merge_floor"  # $merge_floor
+    shift = bound.expression.find(exp.DateAdd)
+    assert (shift.unit.name.upper(), shift.expression.sql()) == ("DAY", "-2")
+    # The source: rows of the batch (loaded from $batch_start on), from $merge_floor on.
+    wheres = list(merge.args["using"].find_all(exp.Where))
+    source = next(w.this for w in wheres if range_on(w.this, "", "loaded_at"))
+    (loaded,) = range_on(source, "", "loaded_at")
+    (floor,) = range_on(source, "", "server_upload_time")
+    assert constants_only(loaded.expression) and constants_only(floor.expression)
+    assert loaded.expression.find(exp.Parameter).name == "batch_start"
+    assert floor.expression.find(exp.Parameter).name == "merge_floor"
+    assert not merge.args["on"].find(exp.Select) and not source.find(exp.Select)
+
+
+def test_05s_variables_are_set_in_the_transaction_from_the_batch():
+    batch = sqlglot.parse_one(by_name("05")["set_batch_start"], read="snowflake")
+    floor = sqlglot.parse_one(by_name("05")["set_merge_floor"], read="snowflake")
+    assert batch.find(exp.Max).this.name == "loaded_at"
+    assert batch.find(exp.From).this.name == "events"
+    assert floor.find(exp.Min).this.name == "server_upload_time"
+    assert floor.find(exp.From).this.name == "raw_events_typed"
+    (loaded,) = range_on(floor.find(exp.Where).this, "", "loaded_at")
+    assert constants_only(loaded.expression)  # raw_events is pruned too
