@@ -61,13 +61,14 @@ SKIPPED: dict[str, str] = {
 EQUIVALENT: dict[str, str] = {
     "copy_raw": (
         "fakesnow has no transform COPY, METADATA$FILENAME or ON_ERROR = SKIP_FILE, and does "
-        "not descend into the stage's folders: each file is COPYed (FILES = (...)) into a "
+        "not descend into the stage's folders: each file under the folder after the stage's "
+        "name (@stage/<folder>/; @stage/ or @stage for all) is COPYed (FILES = (...)) into a "
         "one-column VARIANT table, then inserted with its key; a failing file is reported "
         "LOAD_FAILED and the others still load. Its landing table is shared, so sessions run "
         "it one at a time. fakesnow's load history knows a file by its name alone, where "
         "Snowflake's knows it by name and checksum (a file re-uploaded with other bytes loads "
         "again): the equivalent keeps each loaded file's ETag and forces the COPY of a file "
-        "whose ETag changed"
+        "whose ETag changed. The folder must end with '/' here; Snowflake reads any prefix"
     ),
     **{
         name: (
@@ -76,7 +77,7 @@ EQUIVALENT: dict[str, str] = {
             "Here the query runs at the SET and the variable holds its value. (fakesnow's "
             "TO_VARCHAR ignores its format; a timestamp cut to the second reads the same)"
         )
-        for name in ("set_batch_start", "set_merge_floor")
+        for name in ("set_recent_floor", "set_batch_start", "set_merge_floor")
     },
 }
 
@@ -104,7 +105,8 @@ COPY_COLUMNS = (
 )
 _COPY_RAW = re.compile(
     r"COPY\s+INTO\s+(?P<table>\w+)\s*\(\s*(?P<raw>\w+)\s*,\s*(?P<file>\w+)\s*\)\s*"
-    r"FROM\s*\(\s*SELECT\s+\$1\s*,\s*METADATA\$FILENAME\s+FROM\s+@(?P<stage>\w+)\s*\)\s*"
+    r"FROM\s*\(\s*SELECT\s+\$1\s*,\s*METADATA\$FILENAME\s+FROM\s+@(?P<stage>\w+)"
+    r"(?P<folder>/(?:[\w.=-]+/)*)?\s*\)\s*"
     r"FILE_FORMAT\s*=\s*\(\s*FORMAT_NAME\s*=\s*'(?P<format>\w+)'\s*\)",
     re.IGNORECASE,
 )
@@ -204,6 +206,7 @@ def _copy_raw_per_file(cursor: FakeSnowflakeCursor, execute: Any, command: str, 
         raise fs_stage.not_found_error(f"{db}.{schema}.{stage_name}")
     url = row[0].rstrip("/") + "/"
     scheme, _, location = url.partition("://")
+    folder = (location + (m["folder"] or "").lstrip("/")).rstrip("/")
     bucket = location.split("/", 1)[0]
     landing = f"{m['table']}_fakesnow_landing"
     # Created only when missing: fakesnow's CREATE TABLE IF NOT EXISTS clears the load history.
@@ -218,7 +221,7 @@ def _copy_raw_per_file(cursor: FakeSnowflakeCursor, execute: Any, command: str, 
         execute(cursor, f"CREATE TABLE IF NOT EXISTS {etags} (file VARCHAR, etag VARCHAR)")
     results: list[tuple] = []
     fs.invalidate_cache()
-    for path in sorted(fs.find(location)):
+    for path in sorted(fs.find(folder)):
         relative = path[len(location) :]
         key = path[len(bucket) + 1 :]  # METADATA$FILENAME of an S3 stage: the object's key
         etag = str(fs.info(path).get("ETag", ""))

@@ -1,8 +1,13 @@
 -- 05  Load: COPY new files into raw_events, then MERGE new events into events.
 --
--- `python load.py --copy` runs exactly these statements after each upload. By hand:
+-- `python load.py --copy` runs exactly these statements after each upload, copy_raw once for each
+-- stage folder it picks (see newest_day_per_project). By hand, give the folder to COPY:
 --   snow sql -f snowflake/05_copy_and_dedup.sql -D database=AMPLITUDE -D schema=RAW \
---     -D role=AMPLITUDE_LOADER -D warehouse=AMPLITUDE_WH
+--     -D role=AMPLITUDE_LOADER -D warehouse=AMPLITUDE_WH -D copy_path=/123456/2026-11-20/
+-- copy_path is a folder of the stage: the part of an S3 key after S3_PREFIX, up to a slash:
+--   /<project_id>/<YYYY-MM-DD>/   one day of one project (what load.py --copy copies, day by day)
+--   /<project_id>/                every file of one project: a sweep, which lists all of them
+--   /                             every file of the stage (lists all of them)
 -- Safe to run at any time, as often as you like, and from several places at once.
 
 -- name: use_role
@@ -14,10 +19,42 @@ USE WAREHOUSE <% warehouse %>;
 -- name: use_schema
 USE SCHEMA <% database %>.<% schema %>;
 
--- COPY over the whole stage, not a list of files: COPY keeps load metadata per table (each file's
--- name, ETag, load time) and skips every file it loaded before and that has not changed since, so
--- this one statement loads the files uploaded just now plus any earlier ones a failed or skipped
--- run left behind.
+-- Which folders to COPY. A COPY lists every file under the path it is given and checks each one
+-- against the table's load history: over the whole stage that grows with every file ever uploaded
+-- (about 26,000 a year for one project with 3 shards an hour), on every run. Snowflake's guidance
+-- is to organise files by path and COPY by path; the keys are <project_id>/<YYYY-MM-DD>/..., so
+-- load.py --copy COPYs day folders: for each project in the result below or in this run's
+-- uploads, the folders from its newest day in events minus one through today (UTC), plus the
+-- folder of every file it uploaded. A project without a day below (new, or silent for a week)
+-- gets its whole folder, and the whole stage is COPYed while events is empty. Files older than
+-- that which a failed run left unloaded wait for a sweep: `load.py --copy --sweep-days N` adds the
+-- folders of the last N days of every project below and uploaded; this worksheet with
+-- copy_path=/<project_id>/ sweeps everything of one project.
+-- recent_floor: a week before the newest event in events. MAX of a column comes from the
+-- micro-partitions' metadata, without reading the table.
+-- name: set_recent_floor
+SET recent_floor = (
+  SELECT TO_VARCHAR(
+    DATE_TRUNC(
+      'second', DATEADD(day, -7, COALESCE(MAX(server_upload_time), '1970-01-08'::TIMESTAMP_NTZ))
+    ),
+    'YYYY-MM-DD HH24:MI:SS'
+  )
+  FROM events
+);
+
+-- Each project's newest day among the events of that last week: a constant bound, so Snowflake
+-- reads only the micro-partitions of that week (see merge_events for why a constant).
+-- name: newest_day_per_project
+SELECT app AS project_id, MAX(server_upload_time)::DATE AS newest_day
+FROM events
+WHERE server_upload_time >= TO_TIMESTAMP_NTZ($recent_floor, 'YYYY-MM-DD HH24:MI:SS')
+GROUP BY app
+ORDER BY app;
+
+-- COPY keeps load metadata per table (each file's name, checksum, load time) and skips every file
+-- it loaded before and that has not changed since, so a folder COPYed again loads only its new and
+-- re-uploaded files.
 -- That metadata expires after 64 days. A file whose LAST_MODIFIED date (its upload to S3, not the
 -- date in its name) is older than 64 days has an unknown load status when neither its own load nor
 -- raw_events' first load happened in the last 64 days, and COPY skips it without an error
@@ -36,7 +73,7 @@ USE SCHEMA <% database %>.<% schema %>;
 -- load, and COPY reports it as LOAD_FAILED (load.py then exits 1); it is retried next time.
 -- name: copy_raw
 COPY INTO raw_events (raw, source_file)
-  FROM (SELECT $1, METADATA$FILENAME FROM @amplitude_stage)
+  FROM (SELECT $1, METADATA$FILENAME FROM @amplitude_stage<% copy_path %>)
   FILE_FORMAT = (FORMAT_NAME = 'amplitude_json')
   ON_ERROR = SKIP_FILE;
 

@@ -16,7 +16,8 @@ USE WAREHOUSE <% warehouse %>;
 -- name: use_schema
 USE SCHEMA <% database %>.<% schema %>;
 
--- The same COPY as 05's copy_raw (a pipe always skips a bad file: ON_ERROR = SKIP_FILE).
+-- The same COPY as 05's copy_raw, over the whole stage: a pipe loads each file S3 announces and
+-- never lists the stage, so it needs no folder (and always skips a bad file: ON_ERROR = SKIP_FILE).
 -- name: create_pipe
 CREATE PIPE IF NOT EXISTS amplitude_pipe
   AUTO_INGEST = TRUE

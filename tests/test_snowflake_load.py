@@ -10,12 +10,13 @@ import gzip
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import uuid
 import warnings
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from snowflake.connector.errors import OperationalError
 
 from local_stack import fakesnow_compat
 from local_stack.snowflake_server import serve
-from pipeline import sample_events, worksheets
+from pipeline import sample_events, warehouse, worksheets
 from pipeline.errors import PipelineError, UsageError
 from pipeline.layout import parse_member, s3_key
 from pipeline.settings import REPO_ROOT
@@ -67,6 +68,7 @@ def new_stack(moto_server: str, server_settings: dict[str, str]) -> Stack:
         "s3_bucket": bucket,
         "s3_prefix": PREFIX,
         "aws_role_arn": "arn:aws:iam::123456789012:role/snowflake-amplitude",
+        "copy_path": "/123456/",  # worksheet 05 by hand: every file of the tests' usual project
     }
     settings = make_settings(
         **server_settings,
@@ -78,6 +80,14 @@ def new_stack(moto_server: str, server_settings: dict[str, str]) -> Stack:
         S3_PREFIX=PREFIX,
     )
     return Stack(s3, bucket, values, settings, server_settings)
+
+
+@pytest.fixture(autouse=True)
+def today(monkeypatch: pytest.MonkeyPatch) -> date:
+    """run_copy's today (UTC), fixed: the day folders it COPYs do not drift with the clock."""
+    fixed = date(2026, 11, 21)
+    monkeypatch.setattr(warehouse, "_today", lambda: fixed)
+    return fixed
 
 
 @pytest.fixture
@@ -149,6 +159,7 @@ class Recorder:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.ran: list[tuple[str, str]] = []  # (thread, `-- name:` or the SQL itself)
+        self.sql: list[tuple[str, str]] = []  # (`-- name:` or the SQL itself, the SQL)
         self.fail: dict[str, BaseException] = {}
         self.pause: dict[str, threading.Barrier] = {}
         self._paused = threading.local()
@@ -157,6 +168,7 @@ class Recorder:
         def execute(cursor: SnowflakeCursor, command: str, *args, **kwargs):
             name = worksheets.statement_name(command) or command.strip()
             self.ran.append((threading.current_thread().name, name))
+            self.sql.append((name, command))
             if name in self.fail:
                 raise self.fail.pop(name)
             if name in self.pause and not getattr(self._paused, name, False):
@@ -168,6 +180,16 @@ class Recorder:
 
     def names(self, thread: str = "MainThread") -> list[str]:
         return [name for t, name in self.ran if t == thread]
+
+    def folders(self) -> list[str]:
+        """The stage folders copy_raw read, in order."""
+        return [stage_folder(sql) for name, sql in self.sql if name == "copy_raw"]
+
+
+def stage_folder(sql: str) -> str:
+    """The folder after `@amplitude_stage` in a COPY (comments left out)."""
+    code = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return re.search(r"@amplitude_stage(\S*)\)", code)[1]
 
 
 def members(seed: int, hours: int = 3, per_hour: int = 7, day: int = 20):
@@ -194,8 +216,10 @@ def test_two_projects_share_events_and_rows_per_hour_tells_them_apart(stack, sno
     )
     stack.upload(eu)
     stack.upload(us, gzip_objects=True)
-    for worksheet in ("01", "03", "04", "05"):
+    for worksheet in ("01", "03", "04"):
         stack.run(worksheet)
+    stack.run("05", copy_path="/111111/")
+    stack.run("05", copy_path="/222222/")
     assert sorted(stack.uuids()) == sorted(all_uuids(eu) + all_uuids(us))
     rows = stack.run("06")["rows_per_hour"]
     assert sorted((r[0], r[1].hour, r[2], r[3]) for r in rows) == [
@@ -327,7 +351,8 @@ def test_run_copy_names_the_missing_setting():
 
 
 def test_run_copy_reports_missing_objects_in_one_line(stack):
-    stack.run("01")  # worksheets 03 and 04 not run: no stage, no tables
+    stack.run("01")
+    stack.run("04")  # worksheet 03 not run: no stage
     with pytest.raises(PipelineError) as failure:
         run_copy(stack.settings, [])
     assert str(failure.value) == (
@@ -717,6 +742,33 @@ def test_an_events_table_of_18_columns_is_upgraded_in_place_and_filled_from_raw(
     got = typed_rows(stack)
     for event in new[0][1]:
         assert got[event["uuid"]] == {c: expected_value(c, event) for c in TYPED}
+
+
+def test_an_hourly_copy_reads_recent_day_folders_and_a_sweep_the_older_ones(
+    stack, monkeypatch, today
+):
+    for worksheet in ("01", "03", "04"):
+        stack.run(worksheet)
+    loaded = members(seed=23, hours=1, day=20)
+    assert run_copy(stack.settings, stack.upload(loaded)) == 0
+    # A run whose COPY failed left two days unloaded: yesterday's (recent) and an older one.
+    recent = members(seed=24, hours=1, day=21)
+    older = members(seed=25, hours=1, day=12)
+    stack.upload(recent)
+    stack.upload(older)
+    recorder = Recorder(monkeypatch)
+
+    assert run_copy(stack.settings, []) == 0
+    assert recorder.folders() == [
+        "/123456/2026-11-19/",
+        "/123456/2026-11-20/",
+        "/123456/2026-11-21/",
+    ]
+    assert sorted(stack.uuids()) == sorted(all_uuids(loaded) + all_uuids(recent))
+
+    assert run_copy(stack.settings, [], sweep_days=9) == 0
+    assert recorder.folders()[3:] == [f"/123456/2026-11-{day}/" for day in range(12, 22)]
+    assert sorted(stack.uuids()) == sorted(all_uuids(loaded + recent + older))
 
 
 def event_file(day: datetime, events: list[dict]) -> tuple[str, list[dict]]:

@@ -22,6 +22,7 @@ DUMMY = {
     "s3_bucket": "acme-amplitude",
     "s3_prefix": "amplitude",
     "aws_role_arn": "arn:aws:iam::123456789012:role/snowflake-amplitude",
+    "copy_path": "/123456/2026-11-20/",
 }
 # sqlglot 30 has no grammar for these; it falls back to exp.Command. Only these may.
 # For a pipe or task, the statement after AS is parsed on its own (below).
@@ -112,6 +113,14 @@ def test_05_merges_in_one_transaction_after_taking_the_lock():
     assert lock.args["where"] == seeded.find(exp.Exists).this.args["where"]  # the seeded row
 
 
+def stage_read(copy: exp.Copy) -> tuple[str, str, list[exp.Expr]]:
+    """COPY's stage, the folder after it ('' for the whole stage), and what it selects."""
+    source = copy.args["files"][0].this
+    location = source.find(exp.Table).this.name
+    stage, _, folder = location.partition("/")
+    return stage, folder, source.expressions
+
+
 def test_the_snowpipe_task_runs_exactly_05s_transaction():
     load = by_name("05")
     pipe = by_name("07")
@@ -122,7 +131,9 @@ def test_the_snowpipe_task_runs_exactly_05s_transaction():
     assert re.search(r"WHEN OTHER THEN\s+ROLLBACK;\s+RAISE;", handler)
     copy_05 = sqlglot.parse_one(load["copy_raw"], read="snowflake")
     copy_07 = sqlglot.parse_one(pipe["create_pipe"].split("AS\n", 1)[1], read="snowflake")
-    assert copy_07.this == copy_05.this and copy_07.args["files"] == copy_05.args["files"]
+    assert copy_07.this == copy_05.this
+    stage_05, stage_07 = stage_read(copy_05), stage_read(copy_07)
+    assert stage_07 == ("@amplitude_stage", "", stage_05[2])  # the pipe: the whole stage
 
 
 @pytest.mark.parametrize("name", ["create_merge_lock", "seed_merge_lock"])
@@ -201,9 +212,9 @@ def test_05s_recipe_for_a_file_copy_skips_after_64_days_is_copy_raw_for_that_fil
     recipe = sqlglot.parse_one(
         "\n".join(line.removeprefix("--") for line in lines[start : end + 1]), read="snowflake"
     )
-    load = {s.name: s.sql for s in statements(worksheets.WORKSHEET_DIR / "05_copy_and_dedup.sql")}
-    copy_raw = sqlglot.parse_one(load["copy_raw"], read="snowflake")
-    assert recipe.this == copy_raw.this and recipe.args["files"] == copy_raw.args["files"]
+    copy_raw = sqlglot.parse_one(by_name("05")["copy_raw"], read="snowflake")
+    assert recipe.this == copy_raw.this
+    assert stage_read(recipe) == (stage_read(copy_raw)[0], "", stage_read(copy_raw)[2])
     params = {p.this.name: p for p in recipe.args["params"]}
     assert {p.this.name: p for p in copy_raw.args["params"]}.items() <= params.items()
     assert params["FORCE"].expression == exp.true()
@@ -324,6 +335,18 @@ def test_04s_backfill_fills_exactly_the_added_columns_as_the_view_types_them():
     assert where == {"server_received_time", "client_upload_time", "processed_time"} <= added
 
 
+def test_copy_raw_reads_only_the_folder_it_is_given_never_the_whole_stage():
+    text = (worksheets.WORKSHEET_DIR / "05_copy_and_dedup.sql").read_text()
+    without = {k: v for k, v in DUMMY.items() if k != "copy_path"}
+    with pytest.raises(UsageError, match="copy_path"):
+        worksheets.render(text, without)
+    copy = sqlglot.parse_one(by_name("05")["copy_raw"], read="snowflake")
+    assert stage_read(copy)[:2] == ("@amplitude_stage", "123456/2026-11-20/")
+    params = {p.this.name for p in copy.args["params"]}
+    assert "PATTERN" not in params  # a PATTERN still lists the whole stage
+    assert "FILES" not in params
+
+
 def constants_only(node: exp.Expr) -> bool:
     """No column and no query inside: Snowflake can prune micro-partitions with it."""
     return not any(isinstance(n, exp.Column | exp.Select | exp.Subquery) for n in node.walk())
@@ -364,3 +387,6 @@ def test_05s_variables_are_set_in_the_transaction_from_the_batch():
     assert floor.find(exp.From).this.name == "raw_events_typed"
     (loaded,) = range_on(floor.find(exp.Where).this, "", "loaded_at")
     assert constants_only(loaded.expression)  # raw_events is pruned too
+    recent = sqlglot.parse_one(by_name("05")["newest_day_per_project"], read="snowflake")
+    (window,) = range_on(recent.find(exp.Where).this, "", "server_upload_time")
+    assert constants_only(window.expression)
