@@ -1,6 +1,6 @@
 """json_data/ → S3 (SSE-KMS), only what is new; `--copy` then loads into Snowflake.
 
-python load.py [--dry-run] [--copy] [--prune] [--wait]
+python load.py [--dry-run] [--copy [--sweep-days N]] [--prune] [--wait]
 """
 
 from __future__ import annotations
@@ -40,7 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--wait", action="store_true", help="wait for another run on json_data/ to finish"
     )
+    parser.add_argument(
+        "--sweep-days",
+        type=int,
+        metavar="N",
+        help="with --copy: also COPY the stage folders of the last N days (what a failed run left)",
+    )
     args = parser.parse_args(argv)
+    if args.sweep_days is not None and (not args.copy or args.sweep_days < 0):
+        parser.error("--sweep-days N needs --copy, and N must be 0 or more")
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.secrets())
@@ -125,7 +133,7 @@ def load(args, settings: Settings) -> int:
     if args.copy:
         from pipeline.warehouse import run_copy  # Snowflake only when asked for
 
-        status = run_copy(settings, [u.key for u in outcome.uploaded])
+        status = run_copy(settings, [u.key for u in outcome.uploaded], args.sweep_days)
 
     if outcome.fatal is not None:
         raise outcome.fatal

@@ -278,10 +278,38 @@ def run_demo(events_per_hour: int = 20, shards: int = 3) -> DemoResult:
         all_rows, all_uuids = (
             conn.cursor().execute("SELECT COUNT(*), COUNT(DISTINCT uuid) FROM events").fetchone()
         )
+        print_typed_event(conn)
         calendar = step(env, "status.py", "--days", "1", "--end", end, show=0)  # exit 0 or stop
         print("  (its calendar is shown at the end)")
         status = f"\nstatus.py --days 1 --end {end}, on what the demo loaded:\n{calendar}"
         return DemoResult(first_run, second_run, again, files, all_rows, all_uuids, status)
+
+
+TYPED_SHOWN = [  # (column of events, its Snowflake type): a few of one event's typed columns
+    ("event_type", "VARCHAR"),
+    ("server_upload_time", "TIMESTAMP_NTZ"),
+    ("client_upload_time", "TIMESTAMP_NTZ"),
+    ("app", "NUMBER"),
+    ("session_id", "NUMBER"),
+    ("is_attribution_event", "BOOLEAN"),
+    ("device_id", "VARCHAR"),
+    ("language", "VARCHAR"),
+    ("event_properties", "VARIANT"),
+]
+
+
+def print_typed_event(conn) -> None:
+    """One event of events, a few of its typed columns (worksheet 04 types every field)."""
+    columns = ", ".join(name for name, _ in TYPED_SHOWN)
+    row = (
+        conn.cursor()
+        .execute(f"SELECT uuid, {columns} FROM events ORDER BY server_upload_time, uuid LIMIT 1")
+        .fetchone()
+    )
+    print(f"\none event in events ({row[0]}), a few of its typed columns:")
+    for (name, kind), value in zip(TYPED_SHOWN, row[1:], strict=True):
+        shown = " ".join(str(value).split())  # a VARIANT arrives as indented JSON
+        print(f"  {name:22} {kind:14} {shown}")
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ demo) lacks a few features, so `patched()` changes how fakesnow's cursor runs st
 matched by their `-- name:` line, and records what it did:
 
 - SKIPPED: run nothing, return one status row. Account objects and metadata fakesnow lacks.
-- EQUIVALENT: run an equivalent instead (see `_copy_raw_per_file`).
+- EQUIVALENT: run an equivalent instead (see `_copy_raw_per_file`, `_set_from_query`).
 - DIFFERS: runs as written, but behaves differently from Snowflake, as described.
 - Three fakesnow bugs are worked around for every statement: it treats any `$word` in the text
   as a session variable, even inside a quoted JSON key such as `raw:"$insert_id"`; it lets some
@@ -61,14 +61,24 @@ SKIPPED: dict[str, str] = {
 EQUIVALENT: dict[str, str] = {
     "copy_raw": (
         "fakesnow has no transform COPY, METADATA$FILENAME or ON_ERROR = SKIP_FILE, and does "
-        "not descend into the stage's folders: each file is COPYed (FILES = (...)) into a "
+        "not descend into the stage's folders: each file under the folder after the stage's "
+        "name (@stage/<folder>/; @stage/ or @stage for all) is COPYed (FILES = (...)) into a "
         "one-column VARIANT table, then inserted with its key; a failing file is reported "
         "LOAD_FAILED and the others still load. Its landing table is shared, so sessions run "
         "it one at a time. fakesnow's load history knows a file by its name alone, where "
         "Snowflake's knows it by name and checksum (a file re-uploaded with other bytes loads "
         "again): the equivalent keeps each loaded file's ETag and forces the COPY of a file "
-        "whose ETag changed"
+        "whose ETag changed. The folder must end with '/' here; Snowflake reads any prefix"
     ),
+    **{
+        name: (
+            "fakesnow keeps a SET's expression as text and evaluates it wherever the variable "
+            "is used, later and against later data; Snowflake evaluates it once, at the SET. "
+            "Here the query runs at the SET and the variable holds its value. (fakesnow's "
+            "TO_VARCHAR ignores its format; a timestamp cut to the second reads the same)"
+        )
+        for name in ("set_recent_floor", "set_batch_start", "set_merge_floor")
+    },
 }
 
 DIFFERS: dict[str, str] = {
@@ -95,9 +105,13 @@ COPY_COLUMNS = (
 )
 _COPY_RAW = re.compile(
     r"COPY\s+INTO\s+(?P<table>\w+)\s*\(\s*(?P<raw>\w+)\s*,\s*(?P<file>\w+)\s*\)\s*"
-    r"FROM\s*\(\s*SELECT\s+\$1\s*,\s*METADATA\$FILENAME\s+FROM\s+@(?P<stage>\w+)\s*\)\s*"
+    r"FROM\s*\(\s*SELECT\s+\$1\s*,\s*METADATA\$FILENAME\s+FROM\s+@(?P<stage>\w+)"
+    r"(?P<folder>/(?:[\w.=-]+/)*)?\s*\)\s*"
     r"FILE_FORMAT\s*=\s*\(\s*FORMAT_NAME\s*=\s*'(?P<format>\w+)'\s*\)",
     re.IGNORECASE,
+)
+_SET_QUERY = re.compile(
+    r"SET\s+(?P<name>\w+)\s*=\s*\((?P<query>.*)\)\s*;?", re.IGNORECASE | re.DOTALL
 )
 _COPY_LOCK = threading.Lock()  # one copy_raw at a time: its landing table is shared
 _QUOTED_OR_COMMENT = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"[^\"]*\"|--[^\n]*")
@@ -130,10 +144,13 @@ def patched(filesystem: Any | None = None) -> Iterator[Report]:
             status = f"skipped on fakesnow: {name} ({SKIPPED[name]})".replace("'", "''")
             return original_execute(self, f"SELECT '{status}' AS status")
         try:
-            if name in EQUIVALENT:
+            if name == "copy_raw":
                 report.replaced.append(name)
                 with _COPY_LOCK:
                     return _copy_raw_per_file(self, original_execute, command, filesystem)
+            if name in EQUIVALENT:
+                report.replaced.append(name)
+                return _set_from_query(self, original_execute, command)
             return original_execute(self, command, *args, **kwargs)
         except duckdb.Error as exc:
             if name in DIFFERS:
@@ -189,6 +206,7 @@ def _copy_raw_per_file(cursor: FakeSnowflakeCursor, execute: Any, command: str, 
         raise fs_stage.not_found_error(f"{db}.{schema}.{stage_name}")
     url = row[0].rstrip("/") + "/"
     scheme, _, location = url.partition("://")
+    folder = (location + (m["folder"] or "").lstrip("/")).rstrip("/")
     bucket = location.split("/", 1)[0]
     landing = f"{m['table']}_fakesnow_landing"
     # Created only when missing: fakesnow's CREATE TABLE IF NOT EXISTS clears the load history.
@@ -203,7 +221,7 @@ def _copy_raw_per_file(cursor: FakeSnowflakeCursor, execute: Any, command: str, 
         execute(cursor, f"CREATE TABLE IF NOT EXISTS {etags} (file VARCHAR, etag VARCHAR)")
     results: list[tuple] = []
     fs.invalidate_cache()
-    for path in sorted(fs.find(location)):
+    for path in sorted(fs.find(folder)):
         relative = path[len(location) :]
         key = path[len(bucket) + 1 :]  # METADATA$FILENAME of an S3 stage: the object's key
         etag = str(fs.info(path).get("ETag", ""))
@@ -239,6 +257,18 @@ def _copy_raw_per_file(cursor: FakeSnowflakeCursor, execute: Any, command: str, 
     rows = [(*r, None, None, None) for r in results]
     values = exp.values(rows, alias="t", columns=list(COPY_COLUMNS))
     return execute(cursor, exp.select(*COPY_COLUMNS).from_(values).sql(dialect="snowflake"))
+
+
+def _set_from_query(cursor: FakeSnowflakeCursor, execute: Any, command: str) -> Any:
+    """`SET name = (SELECT ...)` with the query run now, so the variable holds its value."""
+    body = "\n".join(line for line in command.splitlines() if not line.lstrip().startswith("--"))
+    m = _SET_QUERY.fullmatch(body.strip())
+    if m is None:
+        raise NotImplementedError(f"fakesnow_compat cannot run this SET: {command[:80]}")
+    row = execute(cursor, m["query"]).fetchone()
+    if row is None or row[0] is None:
+        raise NotImplementedError(f"fakesnow_compat: {m['name']}'s query gave no value")
+    return execute(cursor, f"SET {m['name']} = '{_quote(str(row[0]))}'")
 
 
 def _quote(text: str) -> str:

@@ -1,8 +1,9 @@
 """`load.py --copy`: run worksheet 05 (COPY into raw_events, MERGE into events) from Python.
 
 The SQL lives only in `snowflake/05_copy_and_dedup.sql`; this module renders its placeholders
-from the SNOWFLAKE_* settings, runs it statement by statement (its BEGIN ... COMMIT part as one
-transaction, rolled back before any error is reported) and reports COPY's result.
+from the SNOWFLAKE_* settings, runs it statement by statement (copy_raw once per stage folder of
+`CopyPlan`, its BEGIN ... COMMIT part as one transaction, rolled back before any error is
+reported) and reports COPY's result.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from snowflake.connector.errors import Error as SnowflakeError
 
 from pipeline import worksheets
 from pipeline.errors import PipelineError, UsageError
+from pipeline.layout import parse_key
 from pipeline.settings import Settings
 from pipeline.worksheets import Statement
 
@@ -32,6 +35,8 @@ FAILED_STATUSES = {"LOAD_FAILED", "PARTIALLY_LOADED"}
 MERGE_ATTEMPTS = 5  # runs of the BEGIN ... COMMIT part when another load's transaction conflicts
 RETRY_DELAY = 0.2  # seconds before the next run, times the number of runs so far
 _CONFLICT = re.compile(r"conflict|deadlock", re.IGNORECASE)
+COPY_PATH = "copy_path"  # 05's placeholder for the stage folder copy_raw loads, one per COPY
+MAX_DAY_FOLDERS = 62  # a project with more day folders to COPY gets one COPY of its whole folder
 
 
 @dataclass(frozen=True)
@@ -97,17 +102,23 @@ def _open(kwargs: dict[str, Any]) -> snowflake.connector.SnowflakeConnection:
         raise explain_login(exc, kwargs) from None
 
 
-def run_copy(settings: Settings, uploaded_keys: Sequence[str]) -> int:
+def run_copy(
+    settings: Settings, uploaded_keys: Sequence[str], sweep_days: int | None = None
+) -> int:
     """COPY the stage's new files into raw_events, MERGE into events, print what happened.
 
+    copy_raw reads only the folders `CopyPlan` picks: those of `uploaded_keys`, each project's
+    recent days, and with `sweep_days` the last N days of every project.
     Returns 1 if a file failed to load (the others are loaded and merged), else 0.
     """
     kwargs = connect_kwargs(settings)  # first: the missing setting named is a connection one
     text = LOAD_WORKSHEET.read_text(encoding="utf-8")
-    values = worksheets.values_from_settings(settings, worksheets.placeholders(text), NEEDED_FOR)
-    statements = worksheets.split(worksheets.render(text, values))
+    needed = worksheets.placeholders(text) - {COPY_PATH}
+    values = worksheets.values_from_settings(settings, needed, NEEDED_FOR)
+    statements = worksheets.split(worksheets.render(text, values, leave={COPY_PATH}))
+    plan = CopyPlan.from_keys(settings.s3_prefix, uploaded_keys, _today(), sweep_days)
     with _open(kwargs) as conn:
-        outcome = run_statements(conn.cursor(), statements, settings)
+        outcome = run_statements(conn.cursor(), statements, settings, plan)
     for line in summary(outcome.files, outcome.merged, uploaded_keys):
         print(line)
     if failed := [f for f in outcome.files if f.failed]:
@@ -120,25 +131,110 @@ def run_copy(settings: Settings, uploaded_keys: Sequence[str]) -> int:
     return 0
 
 
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    """Which stage folders copy_raw reads: this run's uploads, recent days, and a sweep.
+
+    A COPY lists every file under its path, so the hourly run names day folders instead of the
+    whole stage (worksheet 05 says why): per project, from its newest day in events minus one
+    through today, plus the day of every file uploaded now; with `sweep_days`, also the days
+    from N days ago. A project without a newest day (new, or silent for a week), or with more
+    than MAX_DAY_FOLDERS folders to read, gets one COPY of its whole folder.
+    """
+
+    uploaded: Mapping[str, frozenset[date]]  # project id → days of the files uploaded now
+    today: date
+    sweep_days: int | None = None
+
+    @classmethod
+    def from_keys(
+        cls, prefix: str, keys: Iterable[str], today: date, sweep_days: int | None = None
+    ) -> CopyPlan:
+        days: dict[str, set[date]] = {}
+        for key in keys:
+            parsed = parse_key(prefix, key)
+            if parsed is None:
+                log.warning(
+                    "%s is not under S3_PREFIX %s/: not in the stage, not copied", key, prefix
+                )
+                continue
+            found = parsed[0]
+            days.setdefault(found.project, set()).add(date.fromisoformat(found.date))
+        uploaded = {project: frozenset(d) for project, d in days.items()}
+        return cls(uploaded, today, sweep_days)
+
+    def paths(self, newest: Mapping[str, date]) -> list[str]:
+        """Stage folders, each `/<project>/<YYYY-MM-DD>/` or `/<project>/`; `/` is the whole
+        stage, read while events is empty (a first load, or files `load.py` uploaded before)."""
+        if not newest:
+            return ["/"]
+        paths: list[str] = []
+        for project in sorted(set(self.uploaded) | set(newest), key=lambda p: (len(p), p)):
+            days = self._days(project, newest.get(project))
+            if days is None:
+                paths.append(f"/{project}/")
+            else:
+                paths.extend(f"/{project}/{day.isoformat()}/" for day in days)
+        return paths
+
+    def _days(self, project: str, newest: date | None) -> list[date] | None:
+        """The day folders to read for one project; None for its whole folder."""
+        if newest is None:
+            return None
+        first = newest - timedelta(days=1)
+        if self.sweep_days is not None:
+            first = min(first, self.today - timedelta(days=self.sweep_days))
+        span = (max(self.today, newest) - first).days + 1
+        if span > MAX_DAY_FOLDERS:
+            return None
+        days = {first + timedelta(days=n) for n in range(span)}
+        days |= self.uploaded.get(project, frozenset())
+        return None if len(days) > MAX_DAY_FOLDERS else sorted(days)
+
+
 @dataclass
 class Outcome:
     """What the worksheet's statements reported: COPY's files, the rows MERGE inserted."""
 
     files: list[FileResult] = field(default_factory=list)
     merged: int | None = None
+    newest: dict[str, date] = field(default_factory=dict)  # project id → its newest day
+    paths: list[str] = field(default_factory=list)  # the stage folders copy_raw read
 
 
-def run_statements(cursor: Any, statements: list[Statement], settings: Settings) -> Outcome:
-    """Run the statements in order, those from BEGIN to COMMIT as one transaction."""
+def run_statements(
+    cursor: Any, statements: list[Statement], settings: Settings, plan: CopyPlan
+) -> Outcome:
+    """Run the statements in order, copy_raw once per folder, those from BEGIN to COMMIT as
+    one transaction."""
     before, transaction, after = worksheets.transaction_parts(statements)
     outcome = Outcome()
     for statement in before:
-        _run_one(cursor, statement, settings, outcome)
+        if statement.name == "copy_raw":
+            _copy_folders(cursor, statement, settings, plan, outcome)
+        else:
+            _run_one(cursor, statement, settings, outcome)
     if transaction:
         _run_transaction(cursor, transaction, settings, outcome)
     for statement in after:
         _run_one(cursor, statement, settings, outcome)
     return outcome
+
+
+def _copy_folders(
+    cursor: Any, statement: Statement, settings: Settings, plan: CopyPlan, outcome: Outcome
+) -> None:
+    """copy_raw once for each folder the plan picks, from the newest days read before it."""
+    outcome.paths = plan.paths(outcome.newest)
+    shown = ", ".join(outcome.paths[:8]) + (" ..." if len(outcome.paths) > 8 else "")
+    log.info("copy_raw: %d stage folders: %s", len(outcome.paths), shown or "none")
+    for path in outcome.paths:
+        sql = worksheets.render(statement.sql, {COPY_PATH: path})
+        _run_one(cursor, Statement(statement.name, sql), settings, outcome)
 
 
 def _run_one(cursor: Any, statement: Statement, settings: Settings, outcome: Outcome) -> None:
@@ -194,7 +290,9 @@ def _execute(cursor: Any, statement: Statement, outcome: Outcome) -> None:
     log.debug("running %s", statement.name)
     cursor.execute(statement.sql)
     if statement.name == "copy_raw":
-        outcome.files = copy_results(_column_names(cursor), cursor.fetchall())
+        outcome.files.extend(copy_results(_column_names(cursor), cursor.fetchall()))
+    elif statement.name == "newest_day_per_project":
+        outcome.newest = newest_days(cursor.fetchall())
     elif statement.name == "merge_events":
         outcome.merged = _inserted(cursor)
 
@@ -229,6 +327,16 @@ def copy_results(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[
             )
         )
     return results
+
+
+def newest_days(rows: Iterable[Sequence[Any]]) -> dict[str, date]:
+    """newest_day_per_project's rows (project id, day) by project id; NULL ids are left out."""
+    newest = {}
+    for project, day in rows:
+        if project is None or day is None:
+            continue
+        newest[str(int(project))] = day.date() if isinstance(day, datetime) else day
+    return newest
 
 
 def summary(files: Sequence[FileResult], merged: int | None, uploaded: Sequence[str]) -> list[str]:

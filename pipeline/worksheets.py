@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,17 +48,20 @@ def placeholders(text: str) -> set[str]:
     return set(PLACEHOLDER.findall(text))
 
 
-def render(text: str, values: Mapping[str, str]) -> str:
-    """Replace every `<% name %>` by its value; all must be given and plain (no quotes, `;`)."""
-    missing = sorted(placeholders(text) - set(values))
+def render(text: str, values: Mapping[str, str], leave: Collection[str] = ()) -> str:
+    """Replace every `<% name %>` by its value; all must be given and plain (no quotes, `;`).
+
+    Placeholders named in `leave` stay as they are, for a later `render` (a value per run).
+    """
+    missing = sorted(placeholders(text) - set(values) - set(leave))
     if missing:
         raise UsageError(f"worksheet needs a value for: {', '.join(missing)}")
-    for name in placeholders(text):
+    for name in placeholders(text) & set(values):
         if _UNSAFE.search(values[name]) or not values[name]:
             raise UsageError(
                 f"value for <% {name} %> must be non-empty, without quotes, ';', '\\' or newlines"
             )
-    return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+    return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
 def split(text: str) -> list[Statement]:

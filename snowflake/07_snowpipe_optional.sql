@@ -16,7 +16,8 @@ USE WAREHOUSE <% warehouse %>;
 -- name: use_schema
 USE SCHEMA <% database %>.<% schema %>;
 
--- The same COPY as 05's copy_raw (a pipe always skips a bad file: ON_ERROR = SKIP_FILE).
+-- The same COPY as 05's copy_raw, over the whole stage: a pipe loads each file S3 announces and
+-- never lists the stage, so it needs no folder (and always skips a bad file: ON_ERROR = SKIP_FILE).
 -- name: create_pipe
 CREATE PIPE IF NOT EXISTS amplitude_pipe
   AUTO_INGEST = TRUE
@@ -62,7 +63,9 @@ WHERE NOT EXISTS (SELECT 1 FROM merge_lock WHERE name = 'events');
 -- The task's body is a Snowflake Scripting block, dollar-quoted so that snow sql and Snowsight pass
 -- it on whole. On any error it rolls back and fails the run (task history shows it); the next run
 -- merges what this one did not. Keep its statements identical to 05's begin_merge,
--- take_merge_lock, merge_events and commit_merge (a test checks that they are).
+-- take_merge_lock, set_batch_start, set_merge_floor, merge_events and commit_merge (a test checks
+-- that they are; 05 says why the MERGE reads only recent micro-partitions of events, and what
+-- its 2-day margin is for).
 -- OR REPLACE, unlike the pipe (whose load history a replacement would lose): the task holds no
 -- data, and rerunning this worksheet updates a task created by an older version of it, which
 -- merged without the lock. A replaced task starts suspended; resume_merge_task resumes it.
@@ -76,6 +79,22 @@ EXECUTE IMMEDIATE $$
 BEGIN
   BEGIN TRANSACTION;
   UPDATE merge_lock SET taken_at = SYSDATE() WHERE name = 'events';
+  SET batch_start = (
+    SELECT TO_VARCHAR(
+      DATE_TRUNC('second', DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-02'::TIMESTAMP_NTZ))),
+      'YYYY-MM-DD HH24:MI:SS'
+    )
+    FROM events
+  );
+  SET merge_floor = (
+    SELECT TO_VARCHAR(
+      DATE_TRUNC('second', COALESCE(MIN(server_upload_time), '9999-12-31'::TIMESTAMP_NTZ)),
+      'YYYY-MM-DD HH24:MI:SS'
+    )
+    FROM raw_events_typed
+    WHERE uuid IS NOT NULL
+      AND loaded_at >= TO_TIMESTAMP_NTZ($batch_start, 'YYYY-MM-DD HH24:MI:SS')
+  );
   MERGE INTO events AS t
   USING (
     SELECT *
@@ -85,21 +104,41 @@ BEGIN
         ROW_NUMBER() OVER (PARTITION BY uuid ORDER BY loaded_at, source_file) AS copy_number
       FROM raw_events_typed
       WHERE uuid IS NOT NULL
-        AND loaded_at >= (
-          SELECT DATEADD(day, -1, COALESCE(MAX(loaded_at), '1970-01-01'::TIMESTAMP_NTZ)) FROM events
+        AND loaded_at >= TO_TIMESTAMP_NTZ($batch_start, 'YYYY-MM-DD HH24:MI:SS')
+        AND (
+          server_upload_time >= TO_TIMESTAMP_NTZ($merge_floor, 'YYYY-MM-DD HH24:MI:SS')
+          OR server_upload_time IS NULL
         )
     )
     WHERE copy_number = 1
   ) AS s
   ON t.uuid = s.uuid
+    AND (
+      t.server_upload_time
+        >= DATEADD(day, -2, TO_TIMESTAMP_NTZ($merge_floor, 'YYYY-MM-DD HH24:MI:SS'))
+      OR t.server_upload_time IS NULL
+    )
   WHEN NOT MATCHED THEN INSERT (
-    uuid, insert_id, event_type, event_time, server_upload_time, client_event_time, user_id,
-    device_id, amplitude_id, session_id, app, platform, os_name, country, city, event_properties,
-    user_properties, groups, raw, source_file, loaded_at
+    uuid, insert_id, event_id, event_type, amplitude_event_type, event_time, client_event_time,
+    client_upload_time, server_received_time, server_upload_time, processed_time,
+    user_creation_time, app, amplitude_id, user_id, device_id, session_id, event_properties,
+    user_properties, group_properties, global_user_properties, groups, data, plan, platform,
+    os_name, os_version, device_brand, device_carrier, device_family, device_manufacturer,
+    device_model, device_type, version_name, start_version, library, language, country, region,
+    city, dma, location_lat, location_lng, ip_address, adid, idfa, amplitude_attribution_ids,
+    is_attribution_event, followed_an_identify, partner_id, source_id, paying, sample_rate,
+    data_type, raw, source_file, loaded_at
   ) VALUES (
-    s.uuid, s.insert_id, s.event_type, s.event_time, s.server_upload_time, s.client_event_time,
-    s.user_id, s.device_id, s.amplitude_id, s.session_id, s.app, s.platform, s.os_name, s.country,
-    s.city, s.event_properties, s.user_properties, s.groups, s.raw, s.source_file, s.loaded_at
+    s.uuid, s.insert_id, s.event_id, s.event_type, s.amplitude_event_type, s.event_time,
+    s.client_event_time, s.client_upload_time, s.server_received_time, s.server_upload_time,
+    s.processed_time, s.user_creation_time, s.app, s.amplitude_id, s.user_id, s.device_id,
+    s.session_id, s.event_properties, s.user_properties, s.group_properties,
+    s.global_user_properties, s.groups, s.data, s.plan, s.platform, s.os_name, s.os_version,
+    s.device_brand, s.device_carrier, s.device_family, s.device_manufacturer, s.device_model,
+    s.device_type, s.version_name, s.start_version, s.library, s.language, s.country, s.region,
+    s.city, s.dma, s.location_lat, s.location_lng, s.ip_address, s.adid, s.idfa,
+    s.amplitude_attribution_ids, s.is_attribution_event, s.followed_an_identify, s.partner_id,
+    s.source_id, s.paying, s.sample_rate, s.data_type, s.raw, s.source_file, s.loaded_at
   );
   COMMIT;
 EXCEPTION

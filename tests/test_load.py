@@ -600,10 +600,12 @@ def fake_warehouse(monkeypatch):
     """Stands in for pipeline.warehouse (written separately): records each run_copy call."""
     module = types.ModuleType("pipeline.warehouse")
     module.calls = []
+    module.sweeps = []
     module.status = 0
 
-    def run_copy(settings, uploaded_keys):
+    def run_copy(settings, uploaded_keys, sweep_days=None):
         module.calls.append(list(uploaded_keys))
+        module.sweeps.append(sweep_days)
         return module.status
 
     module.run_copy = run_copy
@@ -630,6 +632,16 @@ def test_copy_after_a_failed_upload_copies_the_rest_and_exits_1(
     code, _, _ = run_load(capsys, "--copy")
     assert code == 1
     assert sorted(fake_warehouse.calls[0]) == sorted(key_of(data_dir, p) for p in paths[1:])
+
+
+def test_sweep_days_goes_to_the_copy_and_needs_it(env, s3, data_dir, capsys, fake_warehouse):
+    write_tree(data_dir)
+    assert run_load(capsys, "--copy", "--sweep-days", "30")[0] == 0
+    assert fake_warehouse.sweeps == [30]
+    for argv in (["--sweep-days", "30"], ["--copy", "--sweep-days", "-1"]):
+        code, _, err = run_load(capsys, *argv)
+        assert code == 2 and "--sweep-days N needs --copy" in err
+    assert fake_warehouse.sweeps == [30]
 
 
 def test_without_copy_the_warehouse_is_not_imported(env, s3, data_dir, capsys, monkeypatch):

@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import uuid
 import warnings
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
 
 import boto3
 import pytest
 import snowflake.connector
+import sqlglot
 from snowflake.connector.cursor import SnowflakeCursor
 from snowflake.connector.errors import OperationalError
 
 from local_stack import fakesnow_compat
 from local_stack.snowflake_server import serve
-from pipeline import sample_events, worksheets
+from pipeline import sample_events, warehouse, worksheets
 from pipeline.errors import PipelineError, UsageError
 from pipeline.layout import parse_member, s3_key
 from pipeline.settings import REPO_ROOT
@@ -63,6 +68,7 @@ def new_stack(moto_server: str, server_settings: dict[str, str]) -> Stack:
         "s3_bucket": bucket,
         "s3_prefix": PREFIX,
         "aws_role_arn": "arn:aws:iam::123456789012:role/snowflake-amplitude",
+        "copy_path": "/123456/",  # worksheet 05 by hand: every file of the tests' usual project
     }
     settings = make_settings(
         **server_settings,
@@ -74,6 +80,14 @@ def new_stack(moto_server: str, server_settings: dict[str, str]) -> Stack:
         S3_PREFIX=PREFIX,
     )
     return Stack(s3, bucket, values, settings, server_settings)
+
+
+@pytest.fixture(autouse=True)
+def today(monkeypatch: pytest.MonkeyPatch) -> date:
+    """run_copy's today (UTC), fixed: the day folders it COPYs do not drift with the clock."""
+    fixed = date(2026, 11, 21)
+    monkeypatch.setattr(warehouse, "_today", lambda: fixed)
+    return fixed
 
 
 @pytest.fixture
@@ -118,11 +132,13 @@ class Stack:
             keys.append(key)
         return keys
 
-    def run(self, worksheet: str) -> dict[str, list[tuple]]:
-        """Run one worksheet; the rows each statement returned, by name."""
-        path = next(worksheets.WORKSHEET_DIR.glob(f"{worksheet}_*.sql"))
+    def run(self, worksheet: str | Path, **values: str) -> dict[str, list[tuple]]:
+        """Run one worksheet (or a .sql file); the rows each statement returned, by name."""
+        path = Path(worksheet)
+        if path.suffix != ".sql":
+            path = next(worksheets.WORKSHEET_DIR.glob(f"{worksheet}_*.sql"))
         text = path.read_text(encoding="utf-8")
-        statements = worksheets.split(worksheets.render(text, self.values))
+        statements = worksheets.split(worksheets.render(text, {**self.values, **values}))
         cursor = self.conn.cursor()
         results = {}
         for statement in statements:
@@ -143,6 +159,7 @@ class Recorder:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.ran: list[tuple[str, str]] = []  # (thread, `-- name:` or the SQL itself)
+        self.sql: list[tuple[str, str]] = []  # (`-- name:` or the SQL itself, the SQL)
         self.fail: dict[str, BaseException] = {}
         self.pause: dict[str, threading.Barrier] = {}
         self._paused = threading.local()
@@ -151,6 +168,7 @@ class Recorder:
         def execute(cursor: SnowflakeCursor, command: str, *args, **kwargs):
             name = worksheets.statement_name(command) or command.strip()
             self.ran.append((threading.current_thread().name, name))
+            self.sql.append((name, command))
             if name in self.fail:
                 raise self.fail.pop(name)
             if name in self.pause and not getattr(self._paused, name, False):
@@ -162,6 +180,16 @@ class Recorder:
 
     def names(self, thread: str = "MainThread") -> list[str]:
         return [name for t, name in self.ran if t == thread]
+
+    def folders(self) -> list[str]:
+        """The stage folders copy_raw read, in order."""
+        return [stage_folder(sql) for name, sql in self.sql if name == "copy_raw"]
+
+
+def stage_folder(sql: str) -> str:
+    """The folder after `@amplitude_stage` in a COPY (comments left out)."""
+    code = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return re.search(r"@amplitude_stage(\S*)\)", code)[1]
 
 
 def members(seed: int, hours: int = 3, per_hour: int = 7, day: int = 20):
@@ -188,8 +216,10 @@ def test_two_projects_share_events_and_rows_per_hour_tells_them_apart(stack, sno
     )
     stack.upload(eu)
     stack.upload(us, gzip_objects=True)
-    for worksheet in ("01", "03", "04", "05"):
+    for worksheet in ("01", "03", "04"):
         stack.run(worksheet)
+    stack.run("05", copy_path="/111111/")
+    stack.run("05", copy_path="/222222/")
     assert sorted(stack.uuids()) == sorted(all_uuids(eu) + all_uuids(us))
     rows = stack.run("06")["rows_per_hour"]
     assert sorted((r[0], r[1].hour, r[2], r[3]) for r in rows) == [
@@ -321,7 +351,8 @@ def test_run_copy_names_the_missing_setting():
 
 
 def test_run_copy_reports_missing_objects_in_one_line(stack):
-    stack.run("01")  # worksheets 03 and 04 not run: no stage, no tables
+    stack.run("01")
+    stack.run("04")  # worksheet 03 not run: no stage
     with pytest.raises(PipelineError) as failure:
         run_copy(stack.settings, [])
     assert str(failure.value) == (
@@ -380,6 +411,19 @@ def test_a_bad_value_becomes_null_and_an_event_without_uuid_is_not_merged(stack)
     assert got == [(odd[0]["uuid"], True, True, client_time)]
     assert len(stack.uuids("raw_events")) == 2
 
+    # An unreadable server_upload_time is NULL; the MERGE still finds that uuid in events when
+    # its file loads again (re-exported with one more event: other bytes, loaded again).
+    unreadable = {**events[2], "server_upload_time": "later"}
+    stack.upload([(name, [*odd, unreadable])])
+    assert run_copy(stack.settings, []) == 0
+    stack.upload([(name, [*odd, unreadable, events[3]])])
+    assert run_copy(stack.settings, []) == 0
+    assert len(stack.uuids("raw_events")) == 2 + 3 + 4
+    assert sorted(stack.uuids()) == sorted([odd[0]["uuid"], unreadable["uuid"], events[3]["uuid"]])
+    assert stack.query(
+        f"SELECT server_upload_time IS NULL FROM events WHERE uuid = '{unreadable['uuid']}'"
+    ) == [(True,)]
+
 
 MERGE_IN_A_TRANSACTION = [
     "copy_raw",
@@ -387,6 +431,8 @@ MERGE_IN_A_TRANSACTION = [
     "seed_merge_lock",
     "begin_merge",
     "take_merge_lock",
+    "set_batch_start",
+    "set_merge_floor",
     "merge_events",
     "commit_merge",
 ]
@@ -521,3 +567,234 @@ def test_late_data_ends_in_events_once_per_uuid(stack, monkeypatch, tmp_path, gz
         f"SELECT uuid FROM events WHERE server_upload_time < '{last:%Y-%m-%d %H}:59:59.999999'"
     )
     assert sorted(r[0] for r in rows) == sorted(expected)  # complete, and each uuid once
+
+
+V1 = REPO_ROOT / "tests" / "snowflake_v1"  # worksheets 04 and 05 from before issue 12
+EVENTS_COLUMNS = [
+    c.name
+    for c in sqlglot.parse_one(
+        next(
+            s.sql
+            for s in worksheets.split(
+                (worksheets.WORKSHEET_DIR / "04_tables.sql").read_text(encoding="utf-8")
+            )
+            if s.name == "create_events"
+        ),
+        read="snowflake",
+    ).find_all(sqlglot.exp.ColumnDef)
+]
+TYPED = EVENTS_COLUMNS[: EVENTS_COLUMNS.index("raw")]
+
+
+def expected_value(column: str, event: dict):
+    """What events should hold for one field of an exported event (None: NULL)."""
+    value = event.get("$insert_id" if column == "insert_id" else column)
+    kinds = {
+        "timestamp": [c for c in TYPED if c.endswith("_time")],
+        "number": ["amplitude_id", "app", "event_id", "session_id", "sample_rate"],
+        "float": ["location_lat", "location_lng"],
+        "boolean": ["is_attribution_event", "followed_an_identify"],
+        "json": [
+            "event_properties",
+            "user_properties",
+            "group_properties",
+            "global_user_properties",
+            "groups",
+            "data",
+            "plan",
+            "amplitude_attribution_ids",
+        ],
+    }
+    kind = next((k for k, names in kinds.items() if column in names), "varchar")
+    try:
+        if value is None:
+            return None
+        if kind == "timestamp":
+            return datetime.strptime(value, sample_events.TS_FORMAT)
+        if kind in ("number", "float"):
+            return float(value)
+        if kind == "boolean":
+            return value if isinstance(value, bool) else {"true": True, "false": False}[value]
+        if column == "amplitude_attribution_ids" and not isinstance(value, list):
+            return None
+        if kind == "varchar" and isinstance(value, bool):
+            return json.dumps(value)  # paying: true → 'true'
+        return value
+    except (KeyError, ValueError):
+        return None  # a bad value
+
+
+def actual_value(column: str, value):
+    """A value as the connector returns it, comparable with expected_value."""
+    if value is None:
+        return None
+    if isinstance(value, Decimal | int) and not isinstance(value, bool):
+        return float(value)
+    if column in ("event_properties", "user_properties", "group_properties", "data", "plan"):
+        return json.loads(value)
+    if column in ("global_user_properties", "groups", "amplitude_attribution_ids"):
+        return json.loads(value)
+    return value
+
+
+def typed_rows(stack: Stack, columns: list[str] = TYPED) -> dict[str, dict]:
+    """events' rows, by uuid: each column as comparable values."""
+    times = [c for c in columns if c.endswith("_time")]
+    # IS NULL in SQL: fakesnow's server sends a NULL TIMESTAMP_NTZ as 1970-01-01 (its bug).
+    nulls = [f"{c} IS NULL" for c in times]
+    rows = stack.query(f"SELECT {', '.join(columns + nulls)} FROM events")
+    typed = {}
+    for row in rows:
+        values = dict(zip(columns, row, strict=False))
+        for column, is_null in zip(times, row[len(columns) :], strict=True):
+            values[column] = None if is_null else values[column]
+        typed[row[0]] = {c: actual_value(c, v) for c, v in values.items()}
+    return typed
+
+
+def every_field(event: dict) -> dict:
+    """An event with every field Amplitude may fill set, as a real export can have it."""
+    return {
+        **event,
+        "adid": "AEBE52E7-03EE-455A-B3C4-E57283966239",
+        "idfa": "C8F9E604-F01A-4BD9-95C6-8E5357DF265D",
+        "amplitude_event_type": "legacy_type",
+        "amplitude_attribution_ids": ["b1946ac92492d2347c6235b4d2611184"],
+        "device_brand": "Apple",
+        "device_carrier": "Verizon",
+        "device_family": "Apple iPhone",
+        "device_manufacturer": "Apple",
+        "device_model": "iPhone 15",
+        "device_type": "Apple iPhone 15",
+        "dma": "San Francisco-Oakland-San Jose, CA",
+        "followed_an_identify": False,
+        "global_user_properties": {"tier": "gold"},
+        "group_properties": {"company": {"acme-1": {"seats": 12}}},
+        "is_attribution_event": True,
+        "location_lat": 37.7749,
+        "location_lng": -122.4194,
+        "partner_id": "partner-7",
+        "paying": True,
+        "plan": {"branch": "main", "source": "web", "version": "3"},
+        "sample_rate": 0.5,
+        "source_id": "source-3",
+        "start_version": "1.0.0",
+        "version_name": "2.4.1",
+    }
+
+
+def test_every_amplitude_field_is_a_typed_column_and_a_bad_value_is_null(stack):
+    for worksheet in ("01", "03", "04"):
+        stack.run(worksheet)
+    name, events = members(seed=20, hours=1)[0]
+    full = every_field(events[0])
+    bad = {
+        **every_field(events[1]),
+        "location_lat": "north",
+        "event_id": "n/a",
+        "processed_time": "soon",
+        "is_attribution_event": "maybe",
+        "amplitude_attribution_ids": "not-a-list",
+        "sample_rate": "half",
+        "future_field": {"from": "a later Amplitude"},
+    }
+    keys = stack.upload([(name, [full, bad, events[2]])])
+    assert run_copy(stack.settings, keys) == 0
+
+    got = typed_rows(stack)
+    assert len(TYPED) == 54
+    for event in (full, bad, events[2]):
+        expected = {c: expected_value(c, event) for c in TYPED}
+        assert got[event["uuid"]] == expected
+    assert got[bad["uuid"]]["location_lat"] is None and got[bad["uuid"]]["processed_time"] is None
+    assert got[full["uuid"]]["paying"] == "true" and got[full["uuid"]]["sample_rate"] == 0.5
+    later = stack.query(
+        f"SELECT raw:future_field:from::VARCHAR FROM events WHERE uuid = '{bad['uuid']}'"
+    )
+    assert later == [("a later Amplitude",)]  # a field events has no column for is still in raw
+
+
+def test_an_events_table_of_18_columns_is_upgraded_in_place_and_filled_from_raw(stack):
+    for worksheet in ("01", "03"):
+        stack.run(worksheet)
+    stack.run(V1 / "04_tables.sql")
+    old = [(name, [every_field(e) for e in events]) for name, events in members(seed=21, hours=2)]
+    stack.upload(old)
+    stack.run(V1 / "05_copy_and_dedup.sql")
+    assert len(stack.query("DESCRIBE TABLE events")) == 18 + 3
+    before = sorted(stack.uuids())
+    assert len(before) == len(all_uuids(old))
+
+    upgrade = stack.run("04")
+    assert sorted(stack.uuids()) == before  # not a row lost
+    assert len(stack.query("DESCRIBE TABLE events")) == len(EVENTS_COLUMNS)
+    assert upgrade["backfill_new_columns"][0][0] == len(before)
+    got = typed_rows(stack)
+    for _, events in old:
+        for event in events:
+            assert got[event["uuid"]] == {c: expected_value(c, event) for c in TYPED}
+    assert stack.run("04")["backfill_new_columns"][0][0] == 0  # once: a rerun updates nothing
+
+    new = members(seed=22, hours=1, day=21)
+    assert run_copy(stack.settings, stack.upload(new)) == 0
+    uuids = stack.uuids()
+    assert sorted(uuids) == sorted(before + all_uuids(new)) and len(set(uuids)) == len(uuids)
+    got = typed_rows(stack)
+    for event in new[0][1]:
+        assert got[event["uuid"]] == {c: expected_value(c, event) for c in TYPED}
+
+
+def test_an_hourly_copy_reads_recent_day_folders_and_a_sweep_the_older_ones(
+    stack, monkeypatch, today
+):
+    for worksheet in ("01", "03", "04"):
+        stack.run(worksheet)
+    loaded = members(seed=23, hours=1, day=20)
+    assert run_copy(stack.settings, stack.upload(loaded)) == 0
+    # A run whose COPY failed left two days unloaded: yesterday's (recent) and an older one.
+    recent = members(seed=24, hours=1, day=21)
+    older = members(seed=25, hours=1, day=12)
+    stack.upload(recent)
+    stack.upload(older)
+    recorder = Recorder(monkeypatch)
+
+    assert run_copy(stack.settings, []) == 0
+    assert recorder.folders() == [
+        "/123456/2026-11-19/",
+        "/123456/2026-11-20/",
+        "/123456/2026-11-21/",
+    ]
+    assert sorted(stack.uuids()) == sorted(all_uuids(loaded) + all_uuids(recent))
+
+    assert run_copy(stack.settings, [], sweep_days=9) == 0
+    assert recorder.folders()[3:] == [f"/123456/2026-11-{day}/" for day in range(12, 22)]
+    assert sorted(stack.uuids()) == sorted(all_uuids(loaded + recent + older))
+
+
+def event_file(day: datetime, events: list[dict]) -> tuple[str, list[dict]]:
+    """One export file of `day`'s hour holding `events`, each uploaded in that hour."""
+    moment = sample_events.ts(day.replace(minute=10))
+    return sample_events.member_name(123456, day, 0), [
+        {**e, "server_upload_time": moment} for e in events
+    ]
+
+
+@pytest.mark.parametrize("days_later, copies", [(1, 1), (4, 2)])
+def test_the_merge_compares_the_batch_with_events_from_2_days_before_it_on(
+    stack, days_later, copies
+):
+    """The bound of merge_events' target side, at work: a uuid exported again up to 2 days
+    later is found; one whose first copy is older than that is not (05 documents the margin)."""
+    for worksheet in ("01", "03", "04"):
+        stack.run(worksheet)
+    first = members(seed=26, hours=1, day=10)
+    assert run_copy(stack.settings, stack.upload(first)) == 0
+    # Loaded three days ago: out of the next run's batch (raw rows of the last day).
+    stack.query("UPDATE raw_events SET loaded_at = DATEADD(day, -3, loaded_at)")
+    again = first[0][1][0]
+    fresh = members(seed=27, hours=1, day=10 + days_later)[0][1][:2]
+    later = datetime(2026, 11, 10 + days_later, 5, tzinfo=UTC)
+    assert run_copy(stack.settings, stack.upload([event_file(later, [again, *fresh])])) == 0
+    uuids = stack.uuids()
+    assert uuids.count(again["uuid"]) == copies
+    assert len(uuids) == len(all_uuids(first)) + len(fresh) + copies - 1

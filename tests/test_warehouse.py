@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from datetime import date, datetime
+from decimal import Decimal
+
 import pytest
 import snowflake.connector
 from snowflake.connector.errors import DatabaseError, OperationalError, ProgrammingError
 
 from pipeline import warehouse, worksheets
 from pipeline.errors import PipelineError, UsageError
-from pipeline.warehouse import FileResult, connect_kwargs, copy_results, summary
+from pipeline.warehouse import CopyPlan, FileResult, connect_kwargs, copy_results, summary
 from tests.conftest import make_settings
 
 SECRET = "s3cr3t-Passw0rd"
@@ -206,40 +210,125 @@ CONFLICT = "fakesnow: TransactionContext Error: Conflict on update!"
 class FakeCursor:
     """Records what runs (by `-- name:`, or the SQL itself) and fails as told."""
 
-    def __init__(self, failures: dict[str, list[BaseException]]):
+    def __init__(self, failures: dict[str, list[BaseException]], newest: list[tuple] = ()):
         self.failures = failures
+        self.newest = list(newest)  # newest_day_per_project's rows
         self.ran: list[str] = []
+        self.sql: list[str] = []
         self.description: list[tuple[str]] = []
 
     def execute(self, sql: str) -> None:
         name = worksheets.statement_name(sql) or sql
         self.ran.append(name)
+        self.sql.append(sql)
         if self.failures.get(name):
             raise self.failures[name].pop(0)
         column = "number of rows inserted" if name == "merge_events" else "status"
         self.description = [(column,)]
 
     def fetchall(self) -> list[tuple]:
+        if self.ran[-1] == "newest_day_per_project":
+            return self.newest
         return [("Copy executed with 0 files processed.",)]
 
     def fetchone(self) -> tuple:
         return (3,)
 
 
-def run_05(cursor: FakeCursor) -> warehouse.Outcome:
-    statements = worksheets.load(warehouse.LOAD_WORKSHEET, LOAD_VALUES)
-    return warehouse.run_statements(cursor, statements, make_settings(**BASE))
+TODAY = date(2026, 11, 21)
+UPLOADED = ["amplitude/123456/2026-11-21/123456_2026-11-21_3#0.json"]
 
 
-TRANSACTION = ["begin_merge", "take_merge_lock", "merge_events", "commit_merge"]
+def run_05(cursor: FakeCursor, sweep_days: int | None = None) -> warehouse.Outcome:
+    text = warehouse.LOAD_WORKSHEET.read_text()
+    statements = worksheets.split(worksheets.render(text, LOAD_VALUES, leave={"copy_path"}))
+    plan = CopyPlan.from_keys("amplitude", UPLOADED, TODAY, sweep_days)
+    return warehouse.run_statements(cursor, statements, make_settings(**BASE), plan)
+
+
+TRANSACTION = [
+    "begin_merge",
+    "take_merge_lock",
+    "set_batch_start",
+    "set_merge_floor",
+    "merge_events",
+    "commit_merge",
+]
 
 
 def test_the_merge_runs_between_begin_and_commit_after_taking_the_lock():
     cursor = FakeCursor({})
     outcome = run_05(cursor)
-    assert cursor.ran[-6:] == ["create_merge_lock", "seed_merge_lock", *TRANSACTION]
+    assert cursor.ran[-8:] == ["create_merge_lock", "seed_merge_lock", *TRANSACTION]
     assert cursor.ran.index("copy_raw") < cursor.ran.index("begin_merge")
     assert (outcome.files, outcome.merged) == ([], 3)
+
+
+def test_copy_raw_runs_once_per_folder_picked_from_the_newest_days_read_before_it():
+    cursor = FakeCursor({}, newest=[(123456, date(2026, 11, 20)), (654321, date(2026, 11, 21))])
+    outcome = run_05(cursor)
+    assert cursor.ran.index("newest_day_per_project") < cursor.ran.index("copy_raw")
+    assert outcome.paths == [
+        "/123456/2026-11-19/",
+        "/123456/2026-11-20/",
+        "/123456/2026-11-21/",
+        "/654321/2026-11-20/",
+        "/654321/2026-11-21/",
+    ]
+    copies = [sql for name, sql in zip(cursor.ran, cursor.sql, strict=True) if name == "copy_raw"]
+    code = ["\n".join(x for x in s.splitlines() if not x.startswith("--")) for s in copies]
+    assert [re.search(r"@amplitude_stage(\S*)\)", sql)[1] for sql in code] == outcome.paths
+    assert all("<%" not in sql for sql in cursor.sql)
+
+
+def plan(uploaded=(), sweep_days=None, today=TODAY) -> CopyPlan:
+    return CopyPlan.from_keys("amplitude", uploaded, today, sweep_days)
+
+
+def test_an_hourly_run_copies_each_projects_days_from_its_newest_loaded_day_minus_one():
+    newest = {"123456": date(2026, 11, 21)}
+    assert plan(UPLOADED).paths(newest) == ["/123456/2026-11-20/", "/123456/2026-11-21/"]
+    # cron was down four days: the days since its newest loaded day, nothing older
+    assert plan().paths({"123456": date(2026, 11, 17)}) == [
+        f"/123456/2026-11-{day}/" for day in range(16, 22)
+    ]
+
+
+def test_while_events_is_empty_the_whole_stage_is_copied():
+    """A first load, or files that load.py uploaded without --copy before."""
+    assert plan().paths({}) == plan(UPLOADED, sweep_days=3).paths({}) == ["/"]
+
+
+def test_an_old_day_uploaded_now_is_copied_and_an_unknown_project_whole():
+    old = ["amplitude/123456/2026-10-02/123456_2026-10-02_7#1.json.gz", *UPLOADED]
+    new = ["amplitude/777/2026-11-21/777_2026-11-21_3#0.json", "elsewhere/x.json"]
+    paths = plan([*old, *new]).paths({"123456": date(2026, 11, 21)})
+    assert paths == ["/777/", "/123456/2026-10-02/", "/123456/2026-11-20/", "/123456/2026-11-21/"]
+
+
+@pytest.mark.parametrize(
+    "sweep_days, expected",
+    [(0, ["/123456/2026-11-20/", "/123456/2026-11-21/"]), (3, ["/123456/2026-11-18/"]), (62, [])],
+)
+def test_a_sweep_adds_the_last_n_days_and_a_long_one_the_projects_whole_folder(
+    sweep_days, expected
+):
+    paths = plan(sweep_days=sweep_days).paths({"123456": date(2026, 11, 21)})
+    if expected:
+        assert paths[0] == expected[0] and paths[-1] == "/123456/2026-11-21/"
+        assert len(paths) == max(sweep_days, 1) + 1
+    else:
+        assert paths == ["/123456/"]  # more than MAX_DAY_FOLDERS: one COPY of the project
+    assert warehouse.MAX_DAY_FOLDERS == 62
+
+
+def test_newest_days_reads_project_ids_and_days_and_skips_nulls():
+    rows = [(Decimal(123456), date(2026, 11, 20)), (None, date(2026, 11, 20)), (7, None)]
+    rows.append((654321, datetime(2026, 11, 21, 0, 0)))
+    assert warehouse.newest_days(rows) == {
+        "123456": date(2026, 11, 20),
+        "654321": date(2026, 11, 21),
+    }
 
 
 def test_a_conflict_rolls_back_and_runs_the_transaction_again(monkeypatch, caplog):
@@ -261,7 +350,7 @@ def test_a_failure_inside_the_transaction_rolls_back_then_reports_one_line():
     assert str(failure.value) == (
         "Snowflake merge_events failed: Numeric value 'x' is not recognized More"
     )
-    assert cursor.ran[-4:] == ["begin_merge", "take_merge_lock", "merge_events", "ROLLBACK"]
+    assert cursor.ran[-4:] == ["set_batch_start", "set_merge_floor", "merge_events", "ROLLBACK"]
 
 
 def test_a_dropped_connection_before_commit_rolls_back_and_is_not_retried():
