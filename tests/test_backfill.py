@@ -161,8 +161,8 @@ def server_env(moto_server, data_dir, tmp_path) -> dict[str, str]:
 def test_kill_9_mid_backfill_then_the_same_command_finishes_the_job(server_env, data_dir):
     """SIGKILL while windows download and upload; the rerun fetches only what was not
     complete in S3, and the bucket ends byte for byte what Amplitude served, each uuid once."""
-    service = make_service(days=6, delay_for=lambda start, end: 0.4)
-    argv = [sys.executable, "backfill.py", "--start", "2026-10-01", "--end", "2026-10-06"]
+    service = make_service(days=5, delay_for=lambda start, end: 0.3)
+    argv = [sys.executable, "backfill.py", "--start", "2026-10-01", "--end", "2026-10-05"]
     with running(service) as url:
         env = {**server_env, "AMPLITUDE_EXPORT_URL": url}
         proc = subprocess.Popen(argv + ["--parallel", "2"], cwd=REPO, env=env)
