@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     uploaded: list[str] = []
     with held_lock:
-        shared = connect(settings, upload.POOL_CONNECTIONS)  # the uploader's 16 in flight
+        # a pool as large as the uploads in flight: backfill.UPLOADERS windows of 16 files
+        shared = connect(settings, backfill.UPLOADERS * upload.CONCURRENCY + 4)
         status = each_project(
             sources,
             lambda source: one_project(args, shared, source, start, end, kms_key, uploaded),

@@ -35,6 +35,9 @@ from pipeline.upload import LocalFile
 log = logging.getLogger("pipeline.backfill")
 
 DEFAULT_MAX_LOCAL_GB = 10.0
+# Windows uploaded at once (each with upload.CONCURRENCY files in flight): two keep the
+# requests flowing while one window waits for its last files, its manifest and its prune.
+UPLOADERS = 2
 FIRST_RATIO = 12.0  # unpacked / zipped, until a window tells: Amplitude-shaped events ~8-12
 
 
@@ -176,15 +179,21 @@ class Uploader:
         self.totals = Totals()
         self.error: BaseException | None = None
         self._queue: queue.Queue[Committed | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="uploader", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"uploader-{n}", daemon=True)
+            for n in range(UPLOADERS)
+        ]
 
     def __enter__(self) -> Uploader:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
 
     def submit(self, committed: Committed) -> None:
         """From the budget, in time order, right after a window's commit."""
