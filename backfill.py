@@ -18,9 +18,16 @@ from contextlib import nullcontext
 
 from pipeline import backfill, lock, upload
 from pipeline.cli import ArgumentParser, configure_logging, run
-from pipeline.context import Shared, connect, each_project, extractor_for, project_of
+from pipeline.context import (
+    Shared,
+    add_fetch_options,
+    connect,
+    each_project,
+    extractor_for,
+    project_of,
+)
 from pipeline.errors import PipelineError, UsageError
-from pipeline.extraction import DEFAULT_PARALLEL, MAX_PARALLEL, check_parallel
+from pipeline.extraction import check_parallel
 from pipeline.hours import format_hour, parse_hour
 from pipeline.projects import Source, configured, select
 from pipeline.settings import load_settings
@@ -33,26 +40,14 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--start", required=True, help="first hour, YYYYMMDDTHH or YYYY-MM-DD")
     parser.add_argument("--end", required=True, help="last hour, inclusive")
     parser.add_argument(
-        "--parallel",
-        type=int,
-        default=DEFAULT_PARALLEL,
-        help=f"windows downloaded at once, 1 to {MAX_PARALLEL} (default {DEFAULT_PARALLEL})",
-    )
-    parser.add_argument(
         "--max-local-gb",
         type=float,
         default=backfill.DEFAULT_MAX_LOCAL_GB,
         help=f"local disk json_data/ may use (default {backfill.DEFAULT_MAX_LOCAL_GB:g} GB)",
     )
     parser.add_argument("--copy", action="store_true", help="then load Snowflake (COPY, MERGE)")
-    parser.add_argument(
-        "--window-hours", type=int, default=24, help="hours per export request (default 24)"
-    )
-    parser.add_argument("--project", help="only this project of AMPLITUDE_PROJECTS")
     parser.add_argument("--dry-run", action="store_true", help="show what it would fetch")
-    parser.add_argument(
-        "--wait", action="store_true", help="wait for another run on json_data/ to finish"
-    )
+    add_fetch_options(parser)
     return parser.parse_args(argv)
 
 

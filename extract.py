@@ -19,12 +19,17 @@ from datetime import UTC, datetime
 
 from pipeline import lock
 from pipeline.cli import ArgumentParser, configure_logging, run
-from pipeline.context import Shared, connect, each_project, extractor_for, project_of
+from pipeline.context import (
+    Shared,
+    add_fetch_options,
+    connect,
+    each_project,
+    extractor_for,
+    project_of,
+)
 from pipeline.errors import UsageError
 from pipeline.extraction import (
     DEFAULT_LOOKBACK_HOURS,
-    DEFAULT_PARALLEL,
-    MAX_PARALLEL,
     check_parallel,
     dry_run_lines,
     newest_held_hour,
@@ -52,20 +57,8 @@ def parse_args(argv: Sequence[str] | None):
         help="also fetch again this many hours before the newest one held "
         f"(default {DEFAULT_LOOKBACK_HOURS})",
     )
-    parser.add_argument(
-        "--window-hours", type=int, default=24, help="hours per export request (default 24)"
-    )
-    parser.add_argument(
-        "--parallel",
-        type=int,
-        default=DEFAULT_PARALLEL,
-        help=f"windows downloaded at once, 1 to {MAX_PARALLEL} (default {DEFAULT_PARALLEL})",
-    )
-    parser.add_argument("--project", help="only this project of AMPLITUDE_PROJECTS")
     parser.add_argument("--dry-run", action="store_true", help="print the requests and stop")
-    parser.add_argument(
-        "--wait", action="store_true", help="wait for another run on json_data/ to finish"
-    )
+    add_fetch_options(parser)
     return parser.parse_args(argv)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pipeline import s3
 from pipeline.errors import PipelineError, UsageError
 from pipeline.export_api import make_session
-from pipeline.extraction import Extractor
+from pipeline.extraction import DEFAULT_PARALLEL, MAX_PARALLEL, Extractor
 from pipeline.manifest import LocalManifests, S3Manifests
 from pipeline.projects import KeyRegistry, Source, fingerprint
 from pipeline.s3 import HeldObject
@@ -28,6 +29,24 @@ class Shared:
     local: LocalManifests
     remote: S3Manifests | None
     registry: KeyRegistry
+
+
+def add_fetch_options(parser: argparse.ArgumentParser) -> None:
+    """The options extract.py and backfill.py share: how windows are fetched, which project,
+    and whether to wait for another run."""
+    parser.add_argument(
+        "--window-hours", type=int, default=24, help="hours per export request (default 24)"
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        help=f"windows downloaded at once, 1 to {MAX_PARALLEL} (default {DEFAULT_PARALLEL})",
+    )
+    parser.add_argument("--project", help="only this project of AMPLITUDE_PROJECTS")
+    parser.add_argument(
+        "--wait", action="store_true", help="wait for another run on json_data/ to finish"
+    )
 
 
 def connect(settings: Settings, max_pool_connections: int = 10) -> Shared:
