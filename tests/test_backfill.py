@@ -105,8 +105,11 @@ def test_backfill_uploads_prunes_and_stays_under_the_budget(
             backfill.main,
             ["--start", "2026-10-01", "--end", "2026-10-08", "--max-local-gb", str(budget / 1e9)],
         )
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert code == 0, out
+    # under cron (no terminal): a line per window for its download and one for its upload
+    assert err.count("files written") == 8 and err.count("uploaded and pruned") == 8
+    assert "%|" not in err  # no progress bar off a terminal
     seen = held_events(s3, BUCKET)
     assert set(seen) == served_uuids(service) and max(seen.values()) == 1
     assert scan_local(data_dir) == []  # every file pruned once in S3
