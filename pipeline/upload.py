@@ -257,17 +257,36 @@ def prepare_client(s3) -> None:
     s3.meta._amplitude_loader_ready = True
 
 
+class Tally:
+    """Size, CRC-32 and events (lines; a last line without its newline counts) of a stream of
+    blocks: what a file is checked against and what its object carries."""
+
+    def __init__(self) -> None:
+        self.size = self._crc = self._lines = 0
+        self._last = b"\n"
+
+    def add(self, block: bytes) -> None:
+        self._crc = crc32(block, self._crc)
+        self.size += len(block)
+        self._lines += block.count(b"\n")
+        self._last = block[-1:]
+
+    @property
+    def crc32(self) -> str:
+        return f"{self._crc:08x}"
+
+    @property
+    def events(self) -> int:
+        return self._lines + (1 if self.size and self._last != b"\n" else 0)
+
+
 def checksum(path: Path) -> tuple[int, str, int]:
-    """(size, CRC-32, events) of a file, read once in 1 MiB blocks."""
-    size = crc = events = 0
-    last = b"\n"
+    """(size, CRC-32, events) of a file, read once."""
+    tally = Tally()
     with open(path, "rb") as src:
-        while chunk := src.read(READ_BLOCK):
-            crc = crc32(chunk, crc)
-            size += len(chunk)
-            events += chunk.count(b"\n")
-            last = chunk[-1:]
-    return size, f"{crc:08x}", events + (1 if size and last != b"\n" else 0)
+        while block := src.read(READ_BLOCK):
+            tally.add(block)
+    return tally.size, tally.crc32, tally.events
 
 
 def gzip_to_temp(src: Path, folder: Path) -> tuple[Path, int, str, int]:
@@ -276,24 +295,20 @@ def gzip_to_temp(src: Path, folder: Path) -> tuple[Path, int, str, int]:
     Returns (path, raw size, CRC-32 of the raw bytes, events).
     """
     fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".json.gz", dir=folder)
-    raw = crc = events = 0
-    last = b"\n"
+    tally = Tally()
     try:
         with (
             os.fdopen(fd, "wb") as out,
             GzipFile(filename="", mode="wb", fileobj=out, compresslevel=GZIP_LEVEL, mtime=0) as gz,
             open(src, "rb") as inp,
         ):
-            while chunk := inp.read(READ_BLOCK):
-                gz.write(chunk)
-                crc = crc32(chunk, crc)
-                raw += len(chunk)
-                events += chunk.count(b"\n")
-                last = chunk[-1:]
+            while block := inp.read(READ_BLOCK):
+                gz.write(block)
+                tally.add(block)
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
-    return Path(name), raw, f"{crc:08x}", events + (1 if raw and last != b"\n" else 0)
+    return Path(name), tally.size, tally.crc32, tally.events
 
 
 class Progress:
