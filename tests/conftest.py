@@ -82,6 +82,26 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def pipeline_env(monkeypatch, s3, kms_key, data_dir, service, gzip_mode) -> Iterator[None]:
+    """Everything extract.py and load.py need, against the module's own `service` (an
+    Amplitude stand-in) and `gzip_mode`, and moto's in-process S3."""
+    from local_stack.amplitude_server import running
+
+    with running(service) as url:
+        for name, value in {
+            "AMPLITUDE_API_KEY": API_KEY,
+            "AMPLITUDE_SECRET_KEY": SECRET,
+            "AMPLITUDE_EXPORT_URL": url,
+            "JSON_DATA_DIR": str(data_dir),
+            "S3_BUCKET": BUCKET,
+            "KMS_KEY_ID": kms_key,
+            "S3_GZIP": str(gzip_mode).lower(),
+        }.items():
+            monkeypatch.setenv(name, value)
+        yield
+
+
+@pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> pytest.MonkeyPatch:
     """extract.py's settings: the key pair and the data folder (test_load has its own)."""
     monkeypatch.setenv("AMPLITUDE_API_KEY", API_KEY)

@@ -12,7 +12,6 @@ import gzip
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import time_machine
 
 import extract
 import load
-from local_stack.amplitude_server import ExportService, running
+from local_stack.amplitude_server import ExportService
 from pipeline.cli import run
 from pipeline.hours import default_end
 from pipeline.layout import parse_key
@@ -57,22 +56,6 @@ def service() -> ExportService:
         empty_hours={at(4)},
         late_data=True,
     )
-
-
-@pytest.fixture
-def pipeline_env(monkeypatch, s3, kms_key, data_dir, service, gzip_mode) -> Iterator[None]:
-    with running(service) as url:
-        for name, value in {
-            "AMPLITUDE_API_KEY": API_KEY,
-            "AMPLITUDE_SECRET_KEY": SECRET,
-            "AMPLITUDE_EXPORT_URL": url,
-            "JSON_DATA_DIR": str(data_dir),
-            "S3_BUCKET": BUCKET,
-            "KMS_KEY_ID": kms_key,
-            "S3_GZIP": str(gzip_mode).lower(),
-        }.items():
-            monkeypatch.setenv(name, value)
-        yield
 
 
 def extract_at(moment: datetime, *argv: str) -> int:

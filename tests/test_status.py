@@ -8,7 +8,6 @@ assert each hour's state, the mismatch list with its repair commands, and the ex
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -19,7 +18,7 @@ import time_machine
 import extract
 import load
 import status
-from local_stack.amplitude_server import ExportService, running
+from local_stack.amplitude_server import ExportService
 from pipeline import lock
 from pipeline.cli import run
 from pipeline.manifest import FileRecord, HourRecord
@@ -70,22 +69,6 @@ def service() -> ExportService:
 @pytest.fixture
 def gzip_mode() -> bool:
     return False
-
-
-@pytest.fixture
-def pipeline_env(monkeypatch, s3, kms_key, data_dir, service, gzip_mode) -> Iterator[None]:
-    with running(service) as url:
-        for var, value in {
-            "AMPLITUDE_API_KEY": API_KEY,
-            "AMPLITUDE_SECRET_KEY": SECRET,
-            "AMPLITUDE_EXPORT_URL": url,
-            "JSON_DATA_DIR": str(data_dir),
-            "S3_BUCKET": BUCKET,
-            "KMS_KEY_ID": kms_key,
-            "S3_GZIP": str(gzip_mode).lower(),
-        }.items():
-            monkeypatch.setenv(var, value)
-        yield
 
 
 def run_at(moment: datetime, command, *argv: str) -> int:
