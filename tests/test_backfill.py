@@ -137,6 +137,26 @@ def test_a_second_backfill_over_the_same_range_fetches_nothing(env, s3, kms_key,
     assert "would fetch 0 window(s)" in out
 
 
+def test_an_hour_whose_object_is_gone_is_not_complete(env, s3, kms_key, data_dir, capsys):
+    """The skip rule when it would be wrong: the manifest says final, but an object of the
+    hour was deleted since: that day is fetched again and the object comes back."""
+    service = make_service(days=2)
+    env.setenv("S3_BUCKET", BUCKET)
+    env.setenv("KMS_KEY_ID", kms_key)
+    argv = ["--start", "2026-10-01", "--end", "2026-10-02"]
+    with running(service) as url, time_machine.travel(NOW, tick=False):
+        env.setenv("AMPLITUDE_EXPORT_URL", url)
+        env.setenv("AMPLITUDE_PROJECT_ID", str(PID))
+        assert run(backfill.main, argv) == 0
+        gone = f"amplitude/{PID}/2026-10-02/{PID}_2026-10-02_7#1.json"
+        s3.delete_object(Bucket=BUCKET, Key=gone)
+        asked = len(service.requests)
+        assert run(backfill.main, argv) == 0
+    assert service.requests[asked:] == [("20261002T07", "20261002T07")]  # that hour alone
+    assert s3.head_object(Bucket=BUCKET, Key=gone)["ContentLength"] > 0
+    assert "47 hours were complete in S3 already" in capsys.readouterr().out
+
+
 @pytest.fixture
 def server_env(moto_server, data_dir, tmp_path) -> dict[str, str]:
     bucket = f"backfill-{uuid.uuid4().hex[:10]}"
